@@ -1,0 +1,577 @@
+/*
+ * dispatch.c: CPU features, variant choice, the persistent thread pool, and the exported API
+ * (argument checks, then the work split over the pool's threads).
+ *
+ * Results never depend on the thread count: every output element is computed by the same code
+ * whichever thread owns it.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "internal.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+
+/* ---- variants and CPU features --------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    int (*supported)(void);
+} variant_entry;
+
+static int always(void) { return 1; }
+static char g_features[256]; /* filled once by cpu_detect(); read-only afterwards */
+
+#if defined(__x86_64__)
+static int g_avx2, g_avx512;
+static uint64_t xgetbv0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+static void cpu_detect_arch(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
+    const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    const int os_avx = (xcr0 & 0x6) == 0x6, os_avx512 = (xcr0 & 0xe6) == 0xe6;
+    unsigned b7 = 0, c7 = 0;
+    if (__get_cpuid_count(7, 0, &a, &b7, &c7, &d)) {
+    }
+    const int avx2 = (b7 >> 5) & 1, avx512f = (b7 >> 16) & 1, avx512bw = (b7 >> 30) & 1, avx512vl = (b7 >> 31) & 1;
+    const int vnni = (c7 >> 11) & 1;
+    g_avx2 = os_avx && avx && avx2 && fma && f16c;
+    g_avx512 = g_avx2 && os_avx512 && avx512f && avx512bw && avx512vl && vnni;
+    snprintf(g_features, sizeof g_features, "sse2%s%s%s%s%s%s%s%s", os_avx && avx ? " avx" : "", avx2 ? " avx2" : "",
+             fma ? " fma" : "", f16c ? " f16c" : "", os_avx512 && avx512f ? " avx512f" : "", avx512bw ? " avx512bw" : "",
+             avx512vl ? " avx512vl" : "", vnni ? " avx512vnni" : "");
+}
+static int has_avx2(void) { return g_avx2; }
+static int has_avx512(void) { return g_avx512; }
+static const variant_entry g_variants[] = {
+    {&dl_kernels_scalar, always},
+    {&dl_kernels_x86_64, always},
+    {&dl_kernels_avx2, has_avx2},
+    {&dl_kernels_avx512, has_avx512},
+};
+#elif defined(__aarch64__)
+static int g_dotprod;
+static void cpu_detect_arch(void) {
+    g_dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+    snprintf(g_features, sizeof g_features, "neon%s", g_dotprod ? " dotprod" : "");
+}
+static int has_dotprod(void) { return g_dotprod; }
+static const variant_entry g_variants[] = {
+    {&dl_kernels_scalar, always},
+    {&dl_kernels_neon, always},
+    {&dl_kernels_dotprod, has_dotprod},
+};
+#else
+static void cpu_detect_arch(void) { snprintf(g_features, sizeof g_features, "(no SIMD variants for this CPU)"); }
+static const variant_entry g_variants[] = {{&dl_kernels_scalar, always}};
+#endif
+
+#define N_VARIANTS ((int)(sizeof g_variants / sizeof g_variants[0]))
+
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static int g_default_variant;
+
+static void cpu_detect(void) {
+    cpu_detect_arch();
+    g_default_variant = 0;
+    for (int i = N_VARIANTS - 1; i >= 0; i--)
+        if (g_variants[i].supported()) {
+            g_default_variant = i;
+            break;
+        }
+    const char *force = getenv("DAIRLLM_VARIANT");
+    if (force && *force) {
+        g_default_variant = -1;
+        for (int i = 0; i < N_VARIANTS; i++)
+            if (strcmp(force, g_variants[i].k->name) == 0 && g_variants[i].supported()) g_default_variant = i;
+    }
+}
+
+int dl_abi_version(void) { return DL_ABI_VERSION; }
+int dl_variant_count(void) { return N_VARIANTS; }
+const char *dl_variant_name(int v) { return v >= 0 && v < N_VARIANTS ? g_variants[v].k->name : NULL; }
+int dl_variant_supported(int v) {
+    pthread_once(&g_once, cpu_detect);
+    return v >= 0 && v < N_VARIANTS && g_variants[v].supported();
+}
+int dl_variant_default(void) {
+    pthread_once(&g_once, cpu_detect);
+    return g_default_variant;
+}
+const char *dl_cpu_features(void) {
+    pthread_once(&g_once, cpu_detect);
+    return g_features;
+}
+
+/* ---- thread pool -------------------------------------------------------------------------------- */
+
+#define DL_MAX_THREADS 256
+#define DL_SPIN 4000 /* pause iterations a worker spins before it sleeps */
+
+typedef void (*task_fn)(void *arg, int64_t ith, int64_t nth);
+
+typedef struct {
+    dl_ctx *ctx;
+    int ith;
+} worker_arg;
+
+struct dl_ctx {
+    const dl_kernels *k;
+    int variant;
+    int n_threads;
+    /* current task, published by the increment of gen */
+    task_fn fn;
+    void *arg;
+    int64_t task_nth;
+    atomic_uint gen;
+    atomic_int pending;
+    atomic_int stop;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t threads[DL_MAX_THREADS];
+    worker_arg args[DL_MAX_THREADS];
+};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ volatile("yield");
+#endif
+}
+
+static void *worker_main(void *p) {
+    const worker_arg *wa = (const worker_arg *)p;
+    dl_ctx *ctx = wa->ctx;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&ctx->gen, memory_order_acquire)) == seen) {
+            if (atomic_load_explicit(&ctx->stop, memory_order_acquire)) return NULL;
+            if (++spins < DL_SPIN) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&ctx->mu);
+            while (atomic_load(&ctx->gen) == seen && !atomic_load(&ctx->stop)) pthread_cond_wait(&ctx->cv, &ctx->mu);
+            pthread_mutex_unlock(&ctx->mu);
+            spins = 0;
+        }
+        seen = g;
+        if (atomic_load_explicit(&ctx->stop, memory_order_acquire)) return NULL;
+        if (wa->ith < ctx->task_nth) ctx->fn(ctx->arg, wa->ith, ctx->task_nth);
+        atomic_fetch_sub_explicit(&ctx->pending, 1, memory_order_release);
+    }
+}
+
+/* Runs fn(arg, ith, nth) for ith in [0, nth) on the pool; the calling thread is ith 0. */
+static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t nth) {
+    if (nth > ctx->n_threads) nth = ctx->n_threads;
+    if (nth <= 1) {
+        fn(arg, 0, 1);
+        return;
+    }
+    ctx->fn = fn;
+    ctx->arg = arg;
+    ctx->task_nth = nth;
+    atomic_store_explicit(&ctx->pending, ctx->n_threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&ctx->mu);
+    atomic_fetch_add_explicit(&ctx->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&ctx->cv);
+    pthread_mutex_unlock(&ctx->mu);
+    fn(arg, 0, nth);
+    int spins = 0;
+    while (atomic_load_explicit(&ctx->pending, memory_order_acquire) != 0) {
+        if (++spins < DL_SPIN) cpu_relax();
+        else sched_yield();
+    }
+}
+
+dl_ctx *dl_ctx_create(int n_threads, int variant) {
+    pthread_once(&g_once, cpu_detect);
+    if (variant == -1) variant = g_default_variant;
+    if (n_threads < 1 || n_threads > DL_MAX_THREADS || !dl_variant_supported(variant)) return NULL;
+    dl_ctx *ctx = (dl_ctx *)calloc(1, sizeof(dl_ctx));
+    if (!ctx) return NULL;
+    ctx->k = g_variants[variant].k;
+    ctx->variant = variant;
+    ctx->n_threads = 1;
+    pthread_mutex_init(&ctx->mu, NULL);
+    pthread_cond_init(&ctx->cv, NULL);
+    for (int i = 1; i < n_threads; i++) {
+        ctx->args[i].ctx = ctx;
+        ctx->args[i].ith = i;
+        if (pthread_create(&ctx->threads[i], NULL, worker_main, &ctx->args[i]) != 0) {
+            dl_ctx_destroy(ctx);
+            return NULL;
+        }
+        ctx->n_threads = i + 1;
+    }
+    return ctx;
+}
+
+void dl_ctx_destroy(dl_ctx *ctx) {
+    if (!ctx) return;
+    pthread_mutex_lock(&ctx->mu);
+    atomic_store(&ctx->stop, 1);
+    pthread_cond_broadcast(&ctx->cv);
+    pthread_mutex_unlock(&ctx->mu);
+    for (int i = 1; i < ctx->n_threads; i++) pthread_join(ctx->threads[i], NULL);
+    pthread_mutex_destroy(&ctx->mu);
+    pthread_cond_destroy(&ctx->cv);
+    free(ctx);
+}
+
+int dl_ctx_threads(const dl_ctx *ctx) { return ctx ? ctx->n_threads : 0; }
+int dl_ctx_variant(const dl_ctx *ctx) { return ctx ? ctx->variant : -1; }
+
+/* ---- types and splitting ------------------------------------------------------------------------- */
+
+int64_t dl_type_block_values(int type) {
+    switch (type) {
+    case DL_TYPE_F32: case DL_TYPE_F16: case DL_TYPE_BF16: return 1;
+    case DL_TYPE_Q8_0: case DL_TYPE_Q4_0: return QK;
+    default: return 0;
+    }
+}
+
+int64_t dl_type_block_bytes(int type) {
+    switch (type) {
+    case DL_TYPE_F32: return 4;
+    case DL_TYPE_F16: case DL_TYPE_BF16: return 2;
+    case DL_TYPE_Q8_0: return sizeof(block_q8_0);
+    case DL_TYPE_Q4_0: return sizeof(block_q4_0);
+    default: return 0;
+    }
+}
+
+int dl_type_activation(int type) {
+    switch (type) {
+    case DL_TYPE_F32: case DL_TYPE_F16: case DL_TYPE_BF16: return type;
+    case DL_TYPE_Q8_0: case DL_TYPE_Q4_0: return DL_TYPE_Q8_0;
+    default: return -1;
+    }
+}
+
+static void split_range(int64_t n, int64_t nth, int64_t ith, int64_t *a, int64_t *b) {
+    const int64_t base = n / nth, extra = n % nth;
+    *a = ith * base + (ith < extra ? ith : extra);
+    *b = *a + base + (ith < extra ? 1 : 0);
+}
+
+int dl_split_range(int64_t *out, int64_t n, int64_t nth, int64_t ith) {
+    if (!out) return DL_E_NULL;
+    if (n < 0 || nth < 1 || ith < 0 || ith >= nth) return DL_E_ARG;
+    split_range(n, nth, ith, &out[0], &out[1]);
+    return DL_OK;
+}
+
+/* Threads worth using for `work` units of roughly equal cost (about one multiply-add each). */
+static int64_t threads_for(const dl_ctx *ctx, int64_t items, int64_t work) {
+    const int64_t min_work_per_thread = 1 << 15;
+    int64_t nth = work / min_work_per_thread;
+    if (nth > items) nth = items;
+    if (nth > ctx->n_threads) nth = ctx->n_threads;
+    return nth < 1 ? 1 : nth;
+}
+
+#define CHECK(cond, code)                                                                                   \
+    do {                                                                                                    \
+        if (!(cond)) return (code);                                                                         \
+    } while (0)
+
+/* ---- matmul ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    float *out;
+    int64_t ldo;
+    const void *w;
+    int wtype;
+    const void *x;
+    int64_t n_in, r0, r1, n_tok;
+} matmul_task;
+
+static void matmul_part(void *p, int64_t ith, int64_t nth) {
+    const matmul_task *t = (const matmul_task *)p;
+    int64_t a, b;
+    split_range(t->r1 - t->r0, nth, ith, &a, &b);
+    if (a < b) t->k->matmul(t->out, t->ldo, t->w, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+}
+
+int dl_matmul(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0, int64_t r1,
+              int64_t n_tok, dl_ctx *ctx) {
+    CHECK(out && w && x && ctx, DL_E_NULL);
+    const int64_t bv = dl_type_block_values(wtype);
+    CHECK(bv > 0, DL_E_TYPE);
+    CHECK(n_in > 0 && n_tok > 0 && n_in % bv == 0, DL_E_SIZE);
+    CHECK(r0 >= 0 && r1 > r0 && ldo >= r1 - r0, DL_E_RANGE);
+    matmul_task t = {ctx->k, out, ldo, w, wtype, x, n_in, r0, r1, n_tok};
+    pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok));
+    return DL_OK;
+}
+
+/* ---- row-wise and element-wise ops ----------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    int op;
+    float *out;
+    const float *a, *b;
+    float s;
+    int64_t n, n_rows;
+} rows_task;
+
+enum { OP_RMSNORM, OP_SOFTMAX, OP_SILU, OP_GELU, OP_SWIGLU, OP_ADD, OP_MUL, OP_SCALE };
+
+static void rows_part(void *p, int64_t ith, int64_t nth) {
+    const rows_task *t = (const rows_task *)p;
+    int64_t a, b;
+    if (t->op == OP_RMSNORM || t->op == OP_SOFTMAX) {
+        split_range(t->n_rows, nth, ith, &a, &b);
+        for (int64_t r = a; r < b; r++) {
+            if (t->op == OP_RMSNORM) t->k->rmsnorm(t->out + r * t->n, t->a + r * t->n, t->b, t->n, t->s);
+            else t->k->softmax(t->out + r * t->n, t->a + r * t->n, t->n);
+        }
+        return;
+    }
+    split_range(t->n, nth, ith, &a, &b);
+    if (a >= b) return;
+    const int64_t m = b - a;
+    switch (t->op) {
+    case OP_SILU: t->k->silu(t->out + a, t->a + a, m); break;
+    case OP_GELU: t->k->gelu(t->out + a, t->a + a, m); break;
+    case OP_SWIGLU: t->k->swiglu(t->out + a, t->a + a, t->b + a, m); break;
+    case OP_ADD: t->k->add(t->out + a, t->a + a, t->b + a, m); break;
+    case OP_MUL: t->k->mul(t->out + a, t->a + a, t->b + a, m); break;
+    case OP_SCALE: t->k->scale(t->out + a, t->a + a, t->s, m); break;
+    }
+}
+
+static int run_rows(dl_ctx *ctx, int op, float *out, const float *a, const float *b, float s, int64_t n, int64_t n_rows,
+                    int64_t cost_per_value) {
+    const int64_t items = (op == OP_RMSNORM || op == OP_SOFTMAX) ? n_rows : n;
+    rows_task t = {ctx->k, op, out, a, b, s, n, n_rows};
+    pool_run(ctx, rows_part, &t, threads_for(ctx, items, n * n_rows * cost_per_value));
+    return DL_OK;
+}
+
+int dl_rmsnorm(float *out, const float *x, const float *w, int64_t n, int64_t n_rows, float eps, dl_ctx *ctx) {
+    CHECK(out && x && ctx, DL_E_NULL);
+    CHECK(n > 0 && n_rows > 0, DL_E_SIZE);
+    return run_rows(ctx, OP_RMSNORM, out, x, w, eps, n, n_rows, 2);
+}
+int dl_softmax(float *out, const float *x, int64_t n, int64_t n_rows, dl_ctx *ctx) {
+    CHECK(out && x && ctx, DL_E_NULL);
+    CHECK(n > 0 && n_rows > 0, DL_E_SIZE);
+    return run_rows(ctx, OP_SOFTMAX, out, x, NULL, 0.0f, n, n_rows, 16);
+}
+#define UNARY(NAME, OP, COST)                                                                               \
+    int NAME(float *out, const float *x, int64_t n, dl_ctx *ctx) {                                         \
+        CHECK(out && x && ctx, DL_E_NULL);                                                                  \
+        CHECK(n > 0, DL_E_SIZE);                                                                            \
+        return run_rows(ctx, OP, out, x, NULL, 0.0f, n, 1, COST);                                          \
+    }
+#define BINARY(NAME, OP, COST)                                                                              \
+    int NAME(float *out, const float *a, const float *b, int64_t n, dl_ctx *ctx) {                         \
+        CHECK(out && a && b && ctx, DL_E_NULL);                                                             \
+        CHECK(n > 0, DL_E_SIZE);                                                                            \
+        return run_rows(ctx, OP, out, a, b, 0.0f, n, 1, COST);                                             \
+    }
+UNARY(dl_silu, OP_SILU, 16)
+UNARY(dl_gelu, OP_GELU, 16)
+BINARY(dl_swiglu, OP_SWIGLU, 16)
+BINARY(dl_add, OP_ADD, 1)
+BINARY(dl_mul, OP_MUL, 1)
+
+int dl_scale(float *out, const float *x, float s, int64_t n, dl_ctx *ctx) {
+    CHECK(out && x && ctx, DL_E_NULL);
+    CHECK(n > 0, DL_E_SIZE);
+    return run_rows(ctx, OP_SCALE, out, x, NULL, s, n, 1, 1);
+}
+
+/* ---- RoPE ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const dl_kernels *k;
+    float *out;
+    const float *x;
+    const int32_t *pos;
+    const float *freqs;
+    int64_t n_tok, n_heads, head_dim, n_rot;
+    int mode;
+} rope_task;
+
+static void rope_part(void *p, int64_t ith, int64_t nth) {
+    const rope_task *t = (const rope_task *)p;
+    int64_t a, b;
+    split_range(t->n_tok, nth, ith, &a, &b);
+    const int64_t row = t->n_heads * t->head_dim;
+    for (int64_t i = a; i < b; i++)
+        t->k->rope(t->out + i * row, t->x + i * row, t->pos[i], t->freqs, t->n_heads, t->head_dim, t->n_rot, t->mode);
+}
+
+int dl_rope(float *out, const float *x, const int32_t *pos, const float *freqs, int64_t n_tok, int64_t n_heads,
+            int64_t head_dim, int64_t n_rot, int mode, dl_ctx *ctx) {
+    CHECK(out && x && pos && freqs && ctx, DL_E_NULL);
+    CHECK(n_tok > 0 && n_heads > 0 && head_dim > 0, DL_E_SIZE);
+    CHECK(n_rot >= 0 && n_rot <= head_dim && n_rot % 2 == 0, DL_E_ARG);
+    CHECK(mode == DL_ROPE_NORM || mode == DL_ROPE_NEOX, DL_E_ARG);
+    rope_task t = {ctx->k, out, x, pos, freqs, n_tok, n_heads, head_dim, n_rot, mode};
+    pool_run(ctx, rope_part, &t, threads_for(ctx, n_tok, n_tok * n_heads * head_dim * 8));
+    return DL_OK;
+}
+
+/* ---- attention --------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    float *out;
+    const float *q;
+    const uint8_t *kc, *vc;
+    int kv_type;
+    const int32_t *pos;
+    int64_t n_q, n_heads, group, head_dim, kv_stride, elt;
+    float scale;
+} attn_task;
+
+static void attn_part(void *p, int64_t ith, int64_t nth) {
+    const attn_task *t = (const attn_task *)p;
+    int64_t a, b;
+    split_range(t->n_q * t->n_heads, nth, ith, &a, &b);
+    for (int64_t i = a; i < b; i++) {
+        const int64_t qi = i / t->n_heads, h = i % t->n_heads, g = h / t->group;
+        const int64_t off = (qi * t->n_heads + h) * t->head_dim;
+        t->k->attention(t->out + off, t->q + off, t->kc + g * t->head_dim * t->elt, t->vc + g * t->head_dim * t->elt,
+                        t->kv_type, (int64_t)t->pos[qi] + 1, t->head_dim, t->kv_stride, t->scale);
+    }
+}
+
+int dl_attention(float *out, const float *q, const void *k, const void *v, int kv_type, const int32_t *pos,
+                 int64_t n_q, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t kv_stride, float scale,
+                 dl_ctx *ctx) {
+    CHECK(out && q && k && v && pos && ctx, DL_E_NULL);
+    CHECK(kv_type == DL_TYPE_F32 || kv_type == DL_TYPE_F16, DL_E_TYPE);
+    CHECK(n_q > 0 && n_heads > 0 && n_kv_heads > 0 && head_dim > 0, DL_E_SIZE);
+    CHECK(n_heads % n_kv_heads == 0 && kv_stride >= n_kv_heads * head_dim, DL_E_ARG);
+    int64_t max_pos = 0;
+    for (int64_t i = 0; i < n_q; i++) {
+        CHECK(pos[i] >= 0, DL_E_ARG);
+        if (pos[i] > max_pos) max_pos = pos[i];
+    }
+    attn_task t = {ctx->k, out, q, (const uint8_t *)k, (const uint8_t *)v, kv_type, pos, n_q, n_heads,
+                   n_heads / n_kv_heads, head_dim, kv_stride, kv_type == DL_TYPE_F16 ? 2 : 4, scale};
+    pool_run(ctx, attn_part, &t, threads_for(ctx, n_q * n_heads, n_q * n_heads * (max_pos + 1) * head_dim * 2));
+    return DL_OK;
+}
+
+/* ---- conversions ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    int op, type;
+    void *out;
+    const void *x;
+    int64_t n, unit; /* values per item: the split never cuts a block */
+} conv_task;
+
+enum { CV_Q8_0, CV_DEQUANT, CV_TO_F16, CV_TO_F32, CV_TO_BF16 };
+
+static void conv_part(void *p, int64_t ith, int64_t nth) {
+    const conv_task *t = (const conv_task *)p;
+    int64_t a, b;
+    split_range(t->n / t->unit, nth, ith, &a, &b);
+    if (a >= b) return;
+    const int64_t i0 = a * t->unit, m = (b - a) * t->unit;
+    switch (t->op) {
+    case CV_Q8_0:
+        t->k->quantize_q8_0((block_q8_0 *)t->out + a, (const float *)t->x + i0, m);
+        break;
+    case CV_DEQUANT:
+        t->k->dequantize((float *)t->out + i0, (const uint8_t *)t->x + a * dl_type_block_bytes(t->type), t->type, m);
+        break;
+    case CV_TO_F16: t->k->f32_to_f16((uint16_t *)t->out + i0, (const float *)t->x + i0, m); break;
+    case CV_TO_F32: t->k->f16_to_f32((float *)t->out + i0, (const uint16_t *)t->x + i0, m); break;
+    case CV_TO_BF16: t->k->f32_to_bf16((uint16_t *)t->out + i0, (const float *)t->x + i0, m); break;
+    }
+}
+
+static int run_conv(dl_ctx *ctx, int op, int type, void *out, const void *x, int64_t n, int64_t unit) {
+    CHECK(out && x && ctx, DL_E_NULL);
+    CHECK(n > 0 && n % unit == 0, DL_E_SIZE);
+    conv_task t = {ctx->k, op, type, out, x, n, unit};
+    pool_run(ctx, conv_part, &t, threads_for(ctx, n / unit, n * 2));
+    return DL_OK;
+}
+
+int dl_quantize_q8_0(void *out, const float *x, int64_t n, dl_ctx *ctx) { return run_conv(ctx, CV_Q8_0, DL_TYPE_Q8_0, out, x, n, QK); }
+int dl_dequantize(float *out, const void *x, int type, int64_t n, dl_ctx *ctx) {
+    const int64_t bv = dl_type_block_values(type);
+    CHECK(bv > 0, DL_E_TYPE);
+    return run_conv(ctx, CV_DEQUANT, type, out, x, n, bv);
+}
+int dl_f32_to_f16(uint16_t *out, const float *x, int64_t n, dl_ctx *ctx) { return run_conv(ctx, CV_TO_F16, 0, out, x, n, 1); }
+int dl_f16_to_f32(float *out, const uint16_t *x, int64_t n, dl_ctx *ctx) { return run_conv(ctx, CV_TO_F32, 0, out, x, n, 1); }
+int dl_f32_to_bf16(uint16_t *out, const float *x, int64_t n, dl_ctx *ctx) { return run_conv(ctx, CV_TO_BF16, 0, out, x, n, 1); }
+
+/* ---- bandwidth probe ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const dl_kernels *k;
+    const uint8_t *buf;
+    int64_t chunks; /* 256-byte chunks */
+    uint64_t sums[DL_MAX_THREADS];
+} probe_task;
+
+static void probe_part(void *p, int64_t ith, int64_t nth) {
+    probe_task *t = (probe_task *)p;
+    int64_t a, b;
+    split_range(t->chunks, nth, ith, &a, &b);
+    if (a < b) t->sums[ith] += t->k->read_sum(t->buf + a * 256, (b - a) * 256);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int dl_probe_read(double *out, const void *buf, int64_t bytes, int iters, dl_ctx *ctx) {
+    CHECK(out && buf && ctx, DL_E_NULL);
+    CHECK(bytes >= 256 && bytes % 256 == 0 && iters >= 1, DL_E_SIZE);
+    probe_task t;
+    memset(&t, 0, sizeof t);
+    t.k = ctx->k;
+    t.buf = (const uint8_t *)buf;
+    t.chunks = bytes / 256;
+    double best = 1e30;
+    for (int i = 0; i < iters; i++) {
+        const double t0 = now_s();
+        pool_run(ctx, probe_part, &t, ctx->n_threads);
+        const double dt = now_s() - t0;
+        if (dt < best) best = dt;
+    }
+    uint64_t sum = 0;
+    for (int i = 0; i < DL_MAX_THREADS; i++) sum += t.sums[i];
+    out[0] = best;
+    out[1] = (double)sum;
+    return DL_OK;
+}

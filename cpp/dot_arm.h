@@ -1,0 +1,260 @@
+/*
+ * dot_arm.h: NEON dot products for the aarch64 variants. Included by kernels.c after the scalar
+ * references; each DL_HAVE_* macro makes kernels.c use the function defined here.
+ *
+ *  - "neon":    plain armv8-a (Cortex-A72). Int8 products use widening multiplies (SMULL/SMLAL)
+ *               and pairwise widening adds (SADALP).
+ *  - "dotprod": built with the dotprod extension (__ARM_FEATURE_DOTPROD, Cortex-A76); int8 products
+ *               use SDOT.
+ *
+ * Semantics are those of the references: float products accumulated in float32 (only the summation
+ * order differs); a Q8_0 / Q4_0 block is an exact int32 dot of its quants, scaled by
+ * fp32(d_w) * fp32(d_x) and accumulated in float32. No half-precision arithmetic is used.
+ */
+#ifndef DAIRLLM_DOT_ARM_H
+#define DAIRLLM_DOT_ARM_H
+
+#include <arm_neon.h>
+
+/* fp16 bits -> float (FCVT: exact, subnormals included). */
+static inline float dla_h2f(uint16_t h) {
+    return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+}
+
+/* Scale of one block pair: fp32(d_w) * fp32(d_x), rounded once as in the reference. */
+static inline float dla_scale(uint16_t dw, uint16_t dx) { return dla_h2f(dw) * dla_h2f(dx); }
+
+/* ---- f32 ------------------------------------------------------------------------------------ */
+
+#define DL_HAVE_DOT_F32
+static inline float dot_f32(const float *w, const float *x, int64_t n) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+        a1 = vfmaq_f32(a1, vld1q_f32(w + i + 4), vld1q_f32(x + i + 4));
+        a2 = vfmaq_f32(a2, vld1q_f32(w + i + 8), vld1q_f32(x + i + 8));
+        a3 = vfmaq_f32(a3, vld1q_f32(w + i + 12), vld1q_f32(x + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = vfmaq_f32(a0, vld1q_f32(w + i), vld1q_f32(x + i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+/* ---- f16 (IEEE half, widened to f32 with FCVTL) ------------------------------------------- */
+
+#define DL_HAVE_DOT_F16
+static inline float dot_f16(const uint16_t *w, const uint16_t *x, int64_t n) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const float16x8_t w0 = vreinterpretq_f16_u16(vld1q_u16(w + i));
+        const float16x8_t w1 = vreinterpretq_f16_u16(vld1q_u16(w + i + 8));
+        const float16x8_t x0 = vreinterpretq_f16_u16(vld1q_u16(x + i));
+        const float16x8_t x1 = vreinterpretq_f16_u16(vld1q_u16(x + i + 8));
+        a0 = vfmaq_f32(a0, vcvt_f32_f16(vget_low_f16(w0)), vcvt_f32_f16(vget_low_f16(x0)));
+        a1 = vfmaq_f32(a1, vcvt_high_f32_f16(w0), vcvt_high_f32_f16(x0));
+        a2 = vfmaq_f32(a2, vcvt_f32_f16(vget_low_f16(w1)), vcvt_f32_f16(vget_low_f16(x1)));
+        a3 = vfmaq_f32(a3, vcvt_high_f32_f16(w1), vcvt_high_f32_f16(x1));
+    }
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t wf = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(w + i)));
+        const float32x4_t xf = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x + i)));
+        a0 = vfmaq_f32(a0, wf, xf);
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += dla_h2f(w[i]) * dla_h2f(x[i]);
+    return s;
+}
+
+/* ---- bf16 (widened exactly by a 16-bit left shift) ----------------------------------------- */
+
+#define DL_HAVE_DOT_BF16
+static inline float dot_bf16(const uint16_t *w, const uint16_t *x, int64_t n) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const uint16x8_t w0 = vld1q_u16(w + i), w1 = vld1q_u16(w + i + 8);
+        const uint16x8_t x0 = vld1q_u16(x + i), x1 = vld1q_u16(x + i + 8);
+        a0 = vfmaq_f32(a0, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(w0), 16)),
+                       vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(x0), 16)));
+        a1 = vfmaq_f32(a1, vreinterpretq_f32_u32(vshll_high_n_u16(w0, 16)),
+                       vreinterpretq_f32_u32(vshll_high_n_u16(x0, 16)));
+        a2 = vfmaq_f32(a2, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(w1), 16)),
+                       vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(x1), 16)));
+        a3 = vfmaq_f32(a3, vreinterpretq_f32_u32(vshll_high_n_u16(w1, 16)),
+                       vreinterpretq_f32_u32(vshll_high_n_u16(x1, 16)));
+    }
+    for (; i + 4 <= n; i += 4) {
+        a0 = vfmaq_f32(a0, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(w + i), 16)),
+                       vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(x + i), 16)));
+    }
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)));
+    for (; i < n; i++) s += dl_bf2f(w[i]) * dl_bf2f(x[i]);
+    return s;
+}
+
+/* ---- int8 block dots: 32 products summed into the 4 lanes of an int32x4 ------------------- */
+
+/* Q8_0 x Q8_0: w = (w0, w1), x = (x0, x1), 16 quants each. */
+static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1) {
+#ifdef __ARM_FEATURE_DOTPROD
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+    /* One product fits int16 (|-128 * -128| = 16384) but two may not: widen to int32 after each. */
+    int32x4_t s = vpaddlq_s16(vmull_s8(vget_low_s8(w0), vget_low_s8(x0)));
+    s = vpadalq_s16(s, vmull_high_s8(w0, x0));
+    s = vpadalq_s16(s, vmull_s8(vget_low_s8(w1), vget_low_s8(x1)));
+    s = vpadalq_s16(s, vmull_high_s8(w1, x1));
+    return s;
+#endif
+}
+
+/* Q4_0 x Q8_0: lo, hi are the unpacked nibbles (in -8..7) pairing with x0, x1. */
+static inline int32x4_t dla_dot_q4(int8x16_t lo, int8x16_t hi, int8x16_t x0, int8x16_t x1) {
+#ifdef __ARM_FEATURE_DOTPROD
+    return vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo, x0), hi, x1);
+#else
+    /* |product| <= 8 * 128 = 1024, so 4 of them sum exactly in int16 before widening. */
+    int16x8_t p = vmull_s8(vget_low_s8(lo), vget_low_s8(x0));
+    p = vmlal_high_s8(p, lo, x0);
+    p = vmlal_s8(p, vget_low_s8(hi), vget_low_s8(x1));
+    p = vmlal_high_s8(p, hi, x1);
+    return vpaddlq_s16(p);
+#endif
+}
+
+/* 16 packed bytes -> low nibbles - 8 (values 0..15), high nibbles - 8 (values 16..31). */
+static inline void dla_unpack_q4(const uint8_t *qs, int8x16_t *lo, int8x16_t *hi) {
+    const uint8x16_t v = vld1q_u8(qs);
+    const int8x16_t eight = vdupq_n_s8(8);
+    *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(15))), eight);
+    *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), eight);
+}
+
+/* acc += float(p) * d, lane-wise (the lanes are summed at the end). */
+static inline float32x4_t dla_acc(float32x4_t acc, int32x4_t p, float d) {
+    return vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
+}
+
+/* ---- Q8_0 ---------------------------------------------------------------------------------- */
+
+#define DL_HAVE_DOT_Q8_0
+static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t nb) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) { /* two blocks per iteration, one accumulator each */
+        const block_q8_0 *wa = w + b, *wb = w + b + 1, *xa = x + b, *xb = x + b + 1;
+        const int32x4_t pa = dla_dot_q8(vld1q_s8(wa->q), vld1q_s8(wa->q + 16), vld1q_s8(xa->q), vld1q_s8(xa->q + 16));
+        const int32x4_t pb = dla_dot_q8(vld1q_s8(wb->q), vld1q_s8(wb->q + 16), vld1q_s8(xb->q), vld1q_s8(xb->q + 16));
+        a0 = dla_acc(a0, pa, dla_scale(wa->d, xa->d));
+        a1 = dla_acc(a1, pb, dla_scale(wb->d, xb->d));
+    }
+    if (b < nb) {
+        const int32x4_t p = dla_dot_q8(vld1q_s8(w[b].q), vld1q_s8(w[b].q + 16), vld1q_s8(x[b].q), vld1q_s8(x[b].q + 16));
+        a0 = dla_acc(a0, p, dla_scale(w[b].d, x[b].d));
+    }
+    return vaddvq_f32(vaddq_f32(a0, a1));
+}
+
+#define DL_HAVE_DOT2_Q8_0
+static inline void dot2_q8_0(float *s, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x, int64_t nb) {
+    float32x4_t a00 = vdupq_n_f32(0.0f), a01 = a00, a10 = a00, a11 = a00; /* a<row><block parity> */
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const int8x16_t xa0 = vld1q_s8(x[b].q), xa1 = vld1q_s8(x[b].q + 16);
+        const int8x16_t xb0 = vld1q_s8(x[b + 1].q), xb1 = vld1q_s8(x[b + 1].q + 16);
+        const float dxa = dla_h2f(x[b].d), dxb = dla_h2f(x[b + 1].d);
+        a00 = dla_acc(a00, dla_dot_q8(vld1q_s8(w0[b].q), vld1q_s8(w0[b].q + 16), xa0, xa1), dla_h2f(w0[b].d) * dxa);
+        a10 = dla_acc(a10, dla_dot_q8(vld1q_s8(w1[b].q), vld1q_s8(w1[b].q + 16), xa0, xa1), dla_h2f(w1[b].d) * dxa);
+        a01 = dla_acc(a01, dla_dot_q8(vld1q_s8(w0[b + 1].q), vld1q_s8(w0[b + 1].q + 16), xb0, xb1),
+                      dla_h2f(w0[b + 1].d) * dxb);
+        a11 = dla_acc(a11, dla_dot_q8(vld1q_s8(w1[b + 1].q), vld1q_s8(w1[b + 1].q + 16), xb0, xb1),
+                      dla_h2f(w1[b + 1].d) * dxb);
+    }
+    if (b < nb) {
+        const int8x16_t x0 = vld1q_s8(x[b].q), x1 = vld1q_s8(x[b].q + 16);
+        const float dx = dla_h2f(x[b].d);
+        a00 = dla_acc(a00, dla_dot_q8(vld1q_s8(w0[b].q), vld1q_s8(w0[b].q + 16), x0, x1), dla_h2f(w0[b].d) * dx);
+        a10 = dla_acc(a10, dla_dot_q8(vld1q_s8(w1[b].q), vld1q_s8(w1[b].q + 16), x0, x1), dla_h2f(w1[b].d) * dx);
+    }
+    s[0] = vaddvq_f32(vaddq_f32(a00, a01));
+    s[1] = vaddvq_f32(vaddq_f32(a10, a11));
+}
+
+/* ---- Q4_0 (weights) x Q8_0 (activations) --------------------------------------------------- */
+
+#define DL_HAVE_DOT_Q4_0
+static inline float dot_q4_0(const block_q4_0 *w, const block_q8_0 *x, int64_t nb) {
+    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
+    int8x16_t lo, hi;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        dla_unpack_q4(w[b].qs, &lo, &hi);
+        const int32x4_t pa = dla_dot_q4(lo, hi, vld1q_s8(x[b].q), vld1q_s8(x[b].q + 16));
+        dla_unpack_q4(w[b + 1].qs, &lo, &hi);
+        const int32x4_t pb = dla_dot_q4(lo, hi, vld1q_s8(x[b + 1].q), vld1q_s8(x[b + 1].q + 16));
+        a0 = dla_acc(a0, pa, dla_scale(w[b].d, x[b].d));
+        a1 = dla_acc(a1, pb, dla_scale(w[b + 1].d, x[b + 1].d));
+    }
+    if (b < nb) {
+        dla_unpack_q4(w[b].qs, &lo, &hi);
+        a0 = dla_acc(a0, dla_dot_q4(lo, hi, vld1q_s8(x[b].q), vld1q_s8(x[b].q + 16)), dla_scale(w[b].d, x[b].d));
+    }
+    return vaddvq_f32(vaddq_f32(a0, a1));
+}
+
+#define DL_HAVE_DOT2_Q4_0
+static inline void dot2_q4_0(float *s, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x, int64_t nb) {
+    float32x4_t a00 = vdupq_n_f32(0.0f), a01 = a00, a10 = a00, a11 = a00; /* a<row><block parity> */
+    int8x16_t lo, hi;
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const int8x16_t xa0 = vld1q_s8(x[b].q), xa1 = vld1q_s8(x[b].q + 16);
+        const int8x16_t xb0 = vld1q_s8(x[b + 1].q), xb1 = vld1q_s8(x[b + 1].q + 16);
+        const float dxa = dla_h2f(x[b].d), dxb = dla_h2f(x[b + 1].d);
+        dla_unpack_q4(w0[b].qs, &lo, &hi);
+        a00 = dla_acc(a00, dla_dot_q4(lo, hi, xa0, xa1), dla_h2f(w0[b].d) * dxa);
+        dla_unpack_q4(w1[b].qs, &lo, &hi);
+        a10 = dla_acc(a10, dla_dot_q4(lo, hi, xa0, xa1), dla_h2f(w1[b].d) * dxa);
+        dla_unpack_q4(w0[b + 1].qs, &lo, &hi);
+        a01 = dla_acc(a01, dla_dot_q4(lo, hi, xb0, xb1), dla_h2f(w0[b + 1].d) * dxb);
+        dla_unpack_q4(w1[b + 1].qs, &lo, &hi);
+        a11 = dla_acc(a11, dla_dot_q4(lo, hi, xb0, xb1), dla_h2f(w1[b + 1].d) * dxb);
+    }
+    if (b < nb) {
+        const int8x16_t x0 = vld1q_s8(x[b].q), x1 = vld1q_s8(x[b].q + 16);
+        const float dx = dla_h2f(x[b].d);
+        dla_unpack_q4(w0[b].qs, &lo, &hi);
+        a00 = dla_acc(a00, dla_dot_q4(lo, hi, x0, x1), dla_h2f(w0[b].d) * dx);
+        dla_unpack_q4(w1[b].qs, &lo, &hi);
+        a10 = dla_acc(a10, dla_dot_q4(lo, hi, x0, x1), dla_h2f(w1[b].d) * dx);
+    }
+    s[0] = vaddvq_f32(vaddq_f32(a00, a01));
+    s[1] = vaddvq_f32(vaddq_f32(a10, a11));
+}
+
+/* ---- read-bandwidth probe ------------------------------------------------------------------ */
+
+/* Reads every byte (bytes a multiple of 256) with 16-byte loads; returns the sum of the u64 words,
+ * the same value as the generic version. Four independent accumulators, one per 64-byte quarter. */
+#define DL_HAVE_READ_SUM
+static uint64_t k_read_sum(const void *buf, int64_t bytes) {
+    const uint64_t *p = (const uint64_t *)buf;
+    uint64x2_t s0 = vdupq_n_u64(0), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < bytes / 8; i += 32) { /* 32 words = 256 bytes */
+        const uint64_t *q = p + i;
+        s0 = vaddq_u64(s0, vaddq_u64(vaddq_u64(vld1q_u64(q + 0), vld1q_u64(q + 2)),
+                                     vaddq_u64(vld1q_u64(q + 4), vld1q_u64(q + 6))));
+        s1 = vaddq_u64(s1, vaddq_u64(vaddq_u64(vld1q_u64(q + 8), vld1q_u64(q + 10)),
+                                     vaddq_u64(vld1q_u64(q + 12), vld1q_u64(q + 14))));
+        s2 = vaddq_u64(s2, vaddq_u64(vaddq_u64(vld1q_u64(q + 16), vld1q_u64(q + 18)),
+                                     vaddq_u64(vld1q_u64(q + 20), vld1q_u64(q + 22))));
+        s3 = vaddq_u64(s3, vaddq_u64(vaddq_u64(vld1q_u64(q + 24), vld1q_u64(q + 26)),
+                                     vaddq_u64(vld1q_u64(q + 28), vld1q_u64(q + 30))));
+    }
+    return vaddvq_u64(vaddq_u64(vaddq_u64(s0, s1), vaddq_u64(s2, s3)));
+}
+
+#endif

@@ -1,0 +1,341 @@
+/*
+ * dot_x86.h: x86-64 dot products for the avx2 (AVX2 + FMA + F16C) and avx512 (F/BW/VL + VNNI)
+ * variants. Included by kernels.c only; the compiler flags of the variant decide what is compiled.
+ *
+ * Q4_0 x Q8_0 with VNNI: vpdpbusd multiplies unsigned by signed bytes, so the nibbles (0..15) are
+ * used as they are and the "- 8" becomes "- 8 * sum(x)" per block, fed in as the accumulator.
+ * Without VNNI (AVX2): the ggml-style sign trick, |w| (unsigned) times x * sign(w) with vpmaddubsw.
+ */
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define DL_X86_AVX512 1
+#else
+#define DL_X86_AVX512 0
+#endif
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+
+/* ---- float types ---- */
+#define DL_HAVE_DOT_F32
+static inline float dot_f32(const float *w, const float *x, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i + 24), _mm256_loadu_ps(x + i + 24), a3);
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
+    float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+static inline __m256 load_bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+#define DOT_HALF(NAME, LOAD8, SCALAR)                                                               \
+    static inline float NAME(const uint16_t *w, const uint16_t *x, int64_t n) {                     \
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),       \
+               a3 = _mm256_setzero_ps();                                                            \
+        int64_t i = 0;                                                                              \
+        for (; i + 32 <= n; i += 32) {                                                              \
+            a0 = _mm256_fmadd_ps(LOAD8(w + i), LOAD8(x + i), a0);                                   \
+            a1 = _mm256_fmadd_ps(LOAD8(w + i + 8), LOAD8(x + i + 8), a1);                           \
+            a2 = _mm256_fmadd_ps(LOAD8(w + i + 16), LOAD8(x + i + 16), a2);                         \
+            a3 = _mm256_fmadd_ps(LOAD8(w + i + 24), LOAD8(x + i + 24), a3);                         \
+        }                                                                                           \
+        for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(LOAD8(w + i), LOAD8(x + i), a0);           \
+        float s = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));           \
+        for (; i < n; i++) s += SCALAR(w[i]) * SCALAR(x[i]);                                        \
+        return s;                                                                                   \
+    }
+#define DL_HAVE_DOT_F16
+DOT_HALF(dot_f16, load_f16x8, dl_h2f)
+#define DL_HAVE_DOT_BF16
+DOT_HALF(dot_bf16, load_bf16x8, dl_bf2f)
+
+/* ---- quantized types ---- */
+
+/* 32 nibbles of a Q4_0 block as bytes 0..15: low nibbles in the low 128 bits, high in the high. */
+static inline __m256i q4_nibbles(const uint8_t *qs) {
+    const __m128i t = _mm_loadu_si128((const __m128i *)qs);
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(15));
+}
+
+/* Per-block integer dots, 8 int32 lanes that sum to the block's dot. */
+#if DL_X86_AVX512
+/* neg8sum = -8 * sum(x) per lane group (shared by every weight row), from q8_x8sum(). */
+static inline __m256i q8_neg8sum(__m256i qx) {
+    return _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(8), qx));
+}
+static inline __m256i q4_dot(const uint8_t *qs, __m256i qx, __m256i neg8sum) {
+    return _mm256_dpbusd_epi32(neg8sum, q4_nibbles(qs), qx);
+}
+static inline __m256i q8_dot(__m256i qw, __m256i qx) {
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(qw), _mm256_sign_epi8(qx, qw));
+}
+#else
+static inline __m256i q8_neg8sum(__m256i qx) {
+    (void)qx;
+    return _mm256_setzero_si256();
+}
+static inline __m256i signed_dot(__m256i a, __m256i b) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+static inline __m256i q4_dot(const uint8_t *qs, __m256i qx, __m256i unused) {
+    (void)unused;
+    return signed_dot(_mm256_sub_epi8(q4_nibbles(qs), _mm256_set1_epi8(8)), qx);
+}
+static inline __m256i q8_dot(__m256i qw, __m256i qx) { return signed_dot(qw, qx); }
+#endif
+
+static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* Two rows, two blocks per step, four independent accumulators. */
+#define DL_HAVE_DOT2_Q4_0
+static inline void dot2_q4_0(float *s, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x, int64_t nb) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m256i qx0 = load256(x[b].q), qx1 = load256(x[b + 1].q);
+        const __m256i n0 = q8_neg8sum(qx0), n1 = q8_neg8sum(qx1);
+        const float dx0 = f16_scalar(x[b].d), dx1 = f16_scalar(x[b + 1].d);
+        a00 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b].d) * dx0), _mm256_cvtepi32_ps(q4_dot(w0[b].qs, qx0, n0)), a00);
+        a10 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b].d) * dx0), _mm256_cvtepi32_ps(q4_dot(w1[b].qs, qx0, n0)), a10);
+        a01 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b + 1].d) * dx1), _mm256_cvtepi32_ps(q4_dot(w0[b + 1].qs, qx1, n1)), a01);
+        a11 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b + 1].d) * dx1), _mm256_cvtepi32_ps(q4_dot(w1[b + 1].qs, qx1, n1)), a11);
+    }
+    for (; b < nb; b++) {
+        const __m256i qx = load256(x[b].q), n8 = q8_neg8sum(qx);
+        const float dx = f16_scalar(x[b].d);
+        a00 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b].d) * dx), _mm256_cvtepi32_ps(q4_dot(w0[b].qs, qx, n8)), a00);
+        a10 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b].d) * dx), _mm256_cvtepi32_ps(q4_dot(w1[b].qs, qx, n8)), a10);
+    }
+    s[0] = hsum256(_mm256_add_ps(a00, a01));
+    s[1] = hsum256(_mm256_add_ps(a10, a11));
+}
+
+#define DL_HAVE_DOT_Q4_0
+static inline float dot_q4_0(const block_q4_0 *w, const block_q8_0 *x, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m256i qx0 = load256(x[b].q), qx1 = load256(x[b + 1].q);
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b].d) * f16_scalar(x[b].d)),
+                             _mm256_cvtepi32_ps(q4_dot(w[b].qs, qx0, q8_neg8sum(qx0))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b + 1].d) * f16_scalar(x[b + 1].d)),
+                             _mm256_cvtepi32_ps(q4_dot(w[b + 1].qs, qx1, q8_neg8sum(qx1))), a1);
+    }
+    for (; b < nb; b++) {
+        const __m256i qx = load256(x[b].q);
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b].d) * f16_scalar(x[b].d)),
+                             _mm256_cvtepi32_ps(q4_dot(w[b].qs, qx, q8_neg8sum(qx))), a0);
+    }
+    return hsum256(_mm256_add_ps(a0, a1));
+}
+
+#define DL_HAVE_DOT2_Q8_0
+static inline void dot2_q8_0(float *s, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x, int64_t nb) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps(), a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        const __m256i qx0 = load256(x[b].q), qx1 = load256(x[b + 1].q);
+        const float dx0 = f16_scalar(x[b].d), dx1 = f16_scalar(x[b + 1].d);
+        a00 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b].d) * dx0), _mm256_cvtepi32_ps(q8_dot(load256(w0[b].q), qx0)), a00);
+        a10 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b].d) * dx0), _mm256_cvtepi32_ps(q8_dot(load256(w1[b].q), qx0)), a10);
+        a01 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b + 1].d) * dx1), _mm256_cvtepi32_ps(q8_dot(load256(w0[b + 1].q), qx1)), a01);
+        a11 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b + 1].d) * dx1), _mm256_cvtepi32_ps(q8_dot(load256(w1[b + 1].q), qx1)), a11);
+    }
+    for (; b < nb; b++) {
+        const __m256i qx = load256(x[b].q);
+        const float dx = f16_scalar(x[b].d);
+        a00 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w0[b].d) * dx), _mm256_cvtepi32_ps(q8_dot(load256(w0[b].q), qx)), a00);
+        a10 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w1[b].d) * dx), _mm256_cvtepi32_ps(q8_dot(load256(w1[b].q), qx)), a10);
+    }
+    s[0] = hsum256(_mm256_add_ps(a00, a01));
+    s[1] = hsum256(_mm256_add_ps(a10, a11));
+}
+
+#define DL_HAVE_DOT_Q8_0
+static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t nb) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b].d) * f16_scalar(x[b].d)),
+                             _mm256_cvtepi32_ps(q8_dot(load256(w[b].q), load256(x[b].q))), a0);
+        a1 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b + 1].d) * f16_scalar(x[b + 1].d)),
+                             _mm256_cvtepi32_ps(q8_dot(load256(w[b + 1].q), load256(x[b + 1].q))), a1);
+    }
+    for (; b < nb; b++)
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(f16_scalar(w[b].d) * f16_scalar(x[b].d)),
+                             _mm256_cvtepi32_ps(q8_dot(load256(w[b].q), load256(x[b].q))), a0);
+    return hsum256(_mm256_add_ps(a0, a1));
+}
+
+#if DL_X86_AVX512
+/*
+ * AVX-512 Q4_0 / Q8_0 x Q8_0 over R weight rows at once (R <= 4), sharing every activation load.
+ * Four blocks per 512-bit step: each 128-bit lane holds one block's 16 low (or high) nibbles, so a
+ * lane's four int32 sums belong to one block. The fp16 scales of 16 blocks are fetched with one
+ * gather and converted together; a permute spreads each block's dw*dx over its lanes.
+ */
+#define DL_HAVE_DOTR
+#define DL_DOTR_ROWS 4
+
+static inline __m512i load4x16(const uint8_t *p, int64_t stride) {
+    __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + stride)), 1);
+    z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
+    return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
+}
+
+static inline __m512i load2x32(const uint8_t *p, int64_t stride) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
+                              _mm256_loadu_si256((const __m256i *)(p + stride)), 1);
+}
+
+/* fp16 scales at offset 0 of up to 16 blocks `stride` bytes apart, as floats (lanes off in m are 0). */
+static inline __m512 gather_scales(const uint8_t *p, int stride, __mmask16 m) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(stride));
+    const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, p, 1);
+    return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+}
+
+static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const block_q8_0 *x, int64_t nb) {
+    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    __m512 acc[DL_DOTR_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    while (nb - b >= 4) {
+        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
+        const __mmask16 m = (__mmask16)((1u << g) - 1);
+        const __m512 sx = gather_scales((const uint8_t *)(x + b), sizeof(block_q8_0), m);
+        __m512 sc[DL_DOTR_ROWS];
+        for (int r = 0; r < R; r++) sc[r] = _mm512_mul_ps(gather_scales(w + r * row_bytes + b * 18, 18, m), sx);
+        for (int64_t k = 0; k < g; k += 4, b += 4) {
+            const uint8_t *xb = (const uint8_t *)(x + b);
+            const __m512i xlo = load4x16(xb + 2, 34), xhi = load4x16(xb + 18, 34);
+            /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
+            const __m512i neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo), c8, xhi));
+            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
+            for (int r = 0; r < R; r++) {
+                const __m512i q = load4x16(w + r * row_bytes + b * 18 + 2, 18);
+                const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg, _mm512_and_si512(q, m4), xlo),
+                                                      _mm512_and_si512(_mm512_srli_epi16(q, 4), m4), xhi);
+                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lane, sc[r]), _mm512_cvtepi32_ps(d), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        s[r] = _mm512_reduce_add_ps(acc[r]);
+        if (b < nb) s[r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + b, nb - b);
+    }
+}
+
+static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const block_q8_0 *x, int64_t nb) {
+    const __m512i c128 = _mm512_set1_epi8((char)0x80), zero = _mm512_setzero_si512();
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    __m512 acc[DL_DOTR_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    int64_t b = 0;
+    while (nb - b >= 2) {
+        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)1;
+        const __mmask16 m = (__mmask16)((1u << g) - 1);
+        const __m512 sx = gather_scales((const uint8_t *)(x + b), sizeof(block_q8_0), m);
+        __m512 sc[DL_DOTR_ROWS];
+        for (int r = 0; r < R; r++) sc[r] = _mm512_mul_ps(gather_scales(w + r * row_bytes + b * 34, 34, m), sx);
+        for (int64_t k = 0; k < g; k += 2, b += 2) {
+            const __m512i xq = load2x32((const uint8_t *)(x + b) + 2, 34);
+            /* weights + 128 are unsigned; -128 * sum(x) per lane takes the 128 back out */
+            const __m512i neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c128, xq));
+            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
+            for (int r = 0; r < R; r++) {
+                const __m512i q = _mm512_xor_si512(load2x32(w + r * row_bytes + b * 34 + 2, 34), c128);
+                const __m512i d = _mm512_dpbusd_epi32(neg, q, xq);
+                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lane, sc[r]), _mm512_cvtepi32_ps(d), acc[r]);
+            }
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        s[r] = _mm512_reduce_add_ps(acc[r]);
+        if (b < nb) s[r] += dot_q8_0_ref((const block_q8_0 *)(w + r * row_bytes) + b, x + b, nb - b);
+    }
+}
+#endif
+
+/* ---- activation quantisation, bit-identical to the scalar one ---- */
+#define DL_HAVE_QUANTIZE_Q8_0
+#define RND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static void k_quantize_q8_0(void *out, const float *x, int64_t n) {
+    block_q8_0 *y = (block_q8_0 *)out;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v0 = _mm256_loadu_ps(xb), v1 = _mm256_loadu_ps(xb + 8), v2 = _mm256_loadu_ps(xb + 16),
+               v3 = _mm256_loadu_ps(xb + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        const float amax = _mm_cvtss_f32(h);
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = dl_f2h(amax / 127.0f);
+        const __m256 mid = _mm256_set1_ps(id);
+        const __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, mid), RND));
+        const __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, mid), RND));
+        const __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, mid), RND));
+        const __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, mid), RND));
+        /* packs interleave the 128-bit lanes; the permute puts the 32 bytes back in order */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        _mm256_storeu_si256((__m256i *)y[b].q, _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+}
+
+/* ---- bandwidth probe: four independent 64-byte-per-step streams of adds ---- */
+#define DL_HAVE_READ_SUM
+static uint64_t k_read_sum(const void *buf, int64_t bytes) {
+    const uint8_t *p = (const uint8_t *)buf;
+#if DL_X86_AVX512
+    __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < bytes; i += 256) {
+        s0 = _mm512_add_epi64(s0, _mm512_loadu_si512((const void *)(p + i)));
+        s1 = _mm512_add_epi64(s1, _mm512_loadu_si512((const void *)(p + i + 64)));
+        s2 = _mm512_add_epi64(s2, _mm512_loadu_si512((const void *)(p + i + 128)));
+        s3 = _mm512_add_epi64(s3, _mm512_loadu_si512((const void *)(p + i + 192)));
+    }
+    return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
+#else
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (int64_t i = 0; i < bytes; i += 128) {
+        s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
+        s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    }
+    const __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
+    uint64_t l[4];
+    _mm256_storeu_si256((__m256i *)l, s);
+    return l[0] + l[1] + l[2] + l[3];
+#endif
+}
+
+#endif

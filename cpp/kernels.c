@@ -1,0 +1,378 @@
+/*
+ * kernels.c: every kernel, compiled once per SIMD variant.
+ *
+ * The build compiles this file several times with different target flags and -DDL_VARIANT=<name>;
+ * each compilation defines one table `dl_kernels_<name>`. With -DDL_SCALAR it is the plain reference
+ * (no intrinsics, no auto-vectorisation); otherwise the dot products come from dot_x86.h / dot_arm.h
+ * where the compiler flags enable an instruction set, and the rest is auto-vectorised C.
+ */
+#include "internal.h"
+
+#ifndef DL_VARIANT
+#error "compile with -DDL_VARIANT=<name>"
+#endif
+
+/* ---- dot products: generic versions (the scalar reference) ------------------------------- */
+
+static inline __attribute__((unused)) float dot_f32_ref(const float *w, const float *x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+static inline __attribute__((unused)) float dot_f16_ref(const uint16_t *w, const uint16_t *x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += dl_h2f(w[i]) * dl_h2f(x[i]);
+    return s;
+}
+
+static inline __attribute__((unused)) float dot_bf16_ref(const uint16_t *w, const uint16_t *x, int64_t n) {
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++) s += dl_bf2f(w[i]) * dl_bf2f(x[i]);
+    return s;
+}
+
+static inline __attribute__((unused)) float dot_q8_0_ref(const block_q8_0 *w, const block_q8_0 *x, int64_t nb) {
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int j = 0; j < QK; j++) acc += (int32_t)w[b].q[j] * (int32_t)x[b].q[j];
+        s += (dl_h2f(w[b].d) * dl_h2f(x[b].d)) * (float)acc;
+    }
+    return s;
+}
+
+static inline __attribute__((unused)) float dot_q4_0_ref(const block_q4_0 *w, const block_q8_0 *x, int64_t nb) {
+    float s = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t acc = 0;
+        for (int j = 0; j < QK / 2; j++) {
+            acc += ((int32_t)(w[b].qs[j] & 15) - 8) * (int32_t)x[b].q[j];
+            acc += ((int32_t)(w[b].qs[j] >> 4) - 8) * (int32_t)x[b].q[j + QK / 2];
+        }
+        s += (dl_h2f(w[b].d) * dl_h2f(x[b].d)) * (float)acc;
+    }
+    return s;
+}
+
+#if !defined(DL_SCALAR) && defined(__x86_64__)
+#include "dot_x86.h"
+#elif !defined(DL_SCALAR) && defined(__aarch64__)
+#include "dot_arm.h"
+#endif
+
+#ifndef DL_HAVE_DOT_F32
+#define dot_f32 dot_f32_ref
+#endif
+#ifndef DL_HAVE_DOT_F16
+#define dot_f16 dot_f16_ref
+#endif
+#ifndef DL_HAVE_DOT_BF16
+#define dot_bf16 dot_bf16_ref
+#endif
+#ifndef DL_HAVE_DOT_Q8_0
+#define dot_q8_0 dot_q8_0_ref
+#endif
+#ifndef DL_HAVE_DOT_Q4_0
+#define dot_q4_0 dot_q4_0_ref
+#endif
+/* Two rows against one activation row: shares the activation loads. */
+#ifndef DL_HAVE_DOT2_Q4_0
+static inline void dot2_q4_0(float *s, const block_q4_0 *w0, const block_q4_0 *w1, const block_q8_0 *x, int64_t nb) {
+    s[0] = dot_q4_0(w0, x, nb);
+    s[1] = dot_q4_0(w1, x, nb);
+}
+#endif
+#ifndef DL_HAVE_DOT2_Q8_0
+static inline void dot2_q8_0(float *s, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x, int64_t nb) {
+    s[0] = dot_q8_0(w0, x, nb);
+    s[1] = dot_q8_0(w1, x, nb);
+}
+#endif
+
+/* ---- matmul ------------------------------------------------------------------------------ */
+
+/* Rows go in pairs (two weight rows share each activation load); tokens loop inside a pair so the
+ * pair's weights stay in L1 while every token row streams past them. */
+#define MATMUL_PAIRS(WT, XT, row_bytes, x_bytes, nb, DOT, DOT2)                                     \
+    do {                                                                                            \
+        const uint8_t *wb = (const uint8_t *)w;                                                     \
+        const uint8_t *xb = (const uint8_t *)x;                                                     \
+        int64_t r = ra;                                                                             \
+        for (; r + 1 < rb; r += 2) {                                                                \
+            const WT *w0 = (const WT *)(wb + r * (row_bytes));                                      \
+            const WT *w1 = (const WT *)(wb + (r + 1) * (row_bytes));                                \
+            for (int64_t t = 0; t < n_tok; t++) {                                                   \
+                float s[2];                                                                         \
+                DOT2(s, w0, w1, (const XT *)(xb + t * (x_bytes)), nb);                              \
+                out[t * ldo + (r - r0)] = s[0];                                                     \
+                out[t * ldo + (r + 1 - r0)] = s[1];                                                 \
+            }                                                                                       \
+        }                                                                                           \
+        for (; r < rb; r++) {                                                                       \
+            const WT *w0 = (const WT *)(wb + r * (row_bytes));                                      \
+            for (int64_t t = 0; t < n_tok; t++) out[t * ldo + (r - r0)] = DOT(w0, (const XT *)(xb + t * (x_bytes)), nb); \
+        }                                                                                           \
+    } while (0)
+
+#define DOT2_GENERIC(DOT)                                                                           \
+    static inline void dot2_generic_##DOT(float *s, const void *w0, const void *w1, const void *x, int64_t n) { \
+        s[0] = DOT(w0, x, n);                                                                       \
+        s[1] = DOT(w1, x, n);                                                                       \
+    }
+DOT2_GENERIC(dot_f32)
+DOT2_GENERIC(dot_f16)
+DOT2_GENERIC(dot_bf16)
+
+#ifdef DL_HAVE_DOTR
+/* DL_DOTR_ROWS weight rows at a time share every activation load (dotr_* from the arch header). */
+#define MATMUL_ROWS(DOTR, row_bytes, nb)                                                            \
+    do {                                                                                            \
+        const uint8_t *wb = (const uint8_t *)w;                                                     \
+        const block_q8_0 *xq = (const block_q8_0 *)x;                                               \
+        int64_t r = ra;                                                                             \
+        for (; r + DL_DOTR_ROWS <= rb; r += DL_DOTR_ROWS)                                           \
+            for (int64_t t = 0; t < n_tok; t++) {                                                   \
+                float s[DL_DOTR_ROWS];                                                              \
+                DOTR(s, wb + r * (row_bytes), (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb));      \
+                for (int i = 0; i < DL_DOTR_ROWS; i++) out[t * ldo + (r + i - r0)] = s[i];          \
+            }                                                                                       \
+        for (; r < rb; r++)                                                                         \
+            for (int64_t t = 0; t < n_tok; t++) DOTR(&out[t * ldo + (r - r0)], wb + r * (row_bytes), (row_bytes), 1, xq + t * (nb), (nb)); \
+    } while (0)
+#endif
+
+static void k_matmul(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0,
+                     int64_t ra, int64_t rb, int64_t n_tok) {
+    switch (wtype) {
+    case DL_TYPE_F32:
+        MATMUL_PAIRS(float, float, n_in * 4, n_in * 4, n_in, dot_f32, dot2_generic_dot_f32);
+        break;
+    case DL_TYPE_F16:
+        MATMUL_PAIRS(uint16_t, uint16_t, n_in * 2, n_in * 2, n_in, dot_f16, dot2_generic_dot_f16);
+        break;
+    case DL_TYPE_BF16:
+        MATMUL_PAIRS(uint16_t, uint16_t, n_in * 2, n_in * 2, n_in, dot_bf16, dot2_generic_dot_bf16);
+        break;
+#ifdef DL_HAVE_DOTR
+    case DL_TYPE_Q8_0:
+        MATMUL_ROWS(dotr_q8_0, n_in / QK * 34, n_in / QK);
+        break;
+    case DL_TYPE_Q4_0:
+        MATMUL_ROWS(dotr_q4_0, n_in / QK * 18, n_in / QK);
+        break;
+#else
+    case DL_TYPE_Q8_0:
+        MATMUL_PAIRS(block_q8_0, block_q8_0, n_in / QK * 34, n_in / QK * 34, n_in / QK, dot_q8_0, dot2_q8_0);
+        break;
+    case DL_TYPE_Q4_0:
+        MATMUL_PAIRS(block_q4_0, block_q8_0, n_in / QK * 18, n_in / QK * 34, n_in / QK, dot_q4_0, dot2_q4_0);
+        break;
+#endif
+    }
+}
+
+/* ---- normalisation, activations, element-wise -------------------------------------------- */
+
+static void k_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
+    const float mean = (float)(sum / (double)n);
+    const float scale = 1.0f / sqrtf(mean + eps);
+    if (w) {
+        for (int64_t i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
+    } else {
+        for (int64_t i = 0; i < n; i++) out[i] = x[i] * scale;
+    }
+}
+
+static void k_softmax(float *out, const float *x, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        const float e = expf(x[i] - m);
+        out[i] = e;
+        sum += (double)e;
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) out[i] *= inv;
+}
+
+static void k_silu(float *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+static void k_gelu(float *out, const float *x, int64_t n) {
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int64_t i = 0; i < n; i++) {
+        const float v = x[i];
+        out[i] = 0.5f * v * (1.0f + tanhf(c * v * (1.0f + 0.044715f * v * v)));
+    }
+}
+
+static void k_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+}
+
+static void k_add(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void k_mul(float *out, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] * b[i];
+}
+
+static void k_scale(float *out, const float *x, float s, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * s;
+}
+
+static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, int64_t n_heads, int64_t head_dim,
+                   int64_t n_rot, int mode) {
+    if (out != x) memcpy(out, x, (size_t)(n_heads * head_dim) * sizeof(float));
+    const int64_t half = n_rot / 2;
+    for (int64_t j = 0; j < half; j++) {
+        const float angle = (float)pos * freqs[j];
+        const float c = cosf(angle), s = sinf(angle);
+        const int64_t ia = mode == DL_ROPE_NEOX ? j : 2 * j;
+        const int64_t ib = mode == DL_ROPE_NEOX ? j + half : 2 * j + 1;
+        for (int64_t h = 0; h < n_heads; h++) {
+            float *v = out + h * head_dim;
+            const float a = v[ia], b = v[ib];
+            v[ia] = a * c - b * s;
+            v[ib] = a * s + b * c;
+        }
+    }
+}
+
+/* Online softmax over positions (no score buffer): running max m, running sum l, acc = sum p * v. */
+static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
+                        int64_t head_dim, int64_t kv_stride, float scale) {
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
+    for (int64_t p = 0; p < n_kv; p++) {
+        float s;
+        if (kv_type == DL_TYPE_F16) {
+            const uint16_t *kp = (const uint16_t *)k + p * kv_stride;
+            s = 0.0f;
+            for (int64_t d = 0; d < head_dim; d++) s += q[d] * dl_h2f(kp[d]);
+        } else {
+            s = dot_f32(q, (const float *)k + p * kv_stride, head_dim);
+        }
+        s *= scale;
+        if (s > m) {
+            const float c = expf(m - s); /* 0 on the first position (m = -inf) */
+            for (int64_t d = 0; d < head_dim; d++) out[d] *= c;
+            l *= c;
+            m = s;
+        }
+        const float e = expf(s - m);
+        l += e;
+        if (kv_type == DL_TYPE_F16) {
+            const uint16_t *vp = (const uint16_t *)v + p * kv_stride;
+            for (int64_t d = 0; d < head_dim; d++) out[d] += e * dl_h2f(vp[d]);
+        } else {
+            const float *vp = (const float *)v + p * kv_stride;
+            for (int64_t d = 0; d < head_dim; d++) out[d] += e * vp[d];
+        }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t d = 0; d < head_dim; d++) out[d] *= inv;
+}
+
+/* ---- conversions --------------------------------------------------------------------------- */
+
+#ifndef DL_HAVE_QUANTIZE_Q8_0
+static void k_quantize_q8_0(void *out, const float *x, int64_t n) {
+    block_q8_0 *y = (block_q8_0 *)out;
+    for (int64_t b = 0; b < n / QK; b++) {
+        const float *xb = x + b * QK;
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) {
+            const float a = fabsf(xb[j]);
+            amax = a > amax ? a : amax;
+        }
+        const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+        y[b].d = dl_f2h(amax / 127.0f);
+        for (int j = 0; j < QK; j++) y[b].q[j] = (int8_t)nearbyintf(xb[j] * id);
+    }
+}
+#endif
+
+static void k_f16_to_f32(float *out, const uint16_t *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = dl_h2f(x[i]);
+}
+
+static void k_f32_to_f16(uint16_t *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = dl_f2h(x[i]);
+}
+
+static void k_f32_to_bf16(uint16_t *out, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) out[i] = dl_f2bf(x[i]);
+}
+
+static void k_dequantize(float *out, const void *x, int type, int64_t n) {
+    switch (type) {
+    case DL_TYPE_F32:
+        memcpy(out, x, (size_t)n * sizeof(float));
+        break;
+    case DL_TYPE_F16:
+        k_f16_to_f32(out, (const uint16_t *)x, n);
+        break;
+    case DL_TYPE_BF16:
+        for (int64_t i = 0; i < n; i++) out[i] = dl_bf2f(((const uint16_t *)x)[i]);
+        break;
+    case DL_TYPE_Q8_0:
+        for (int64_t b = 0; b < n / QK; b++) {
+            const block_q8_0 *blk = (const block_q8_0 *)x + b;
+            const float d = dl_h2f(blk->d);
+            for (int j = 0; j < QK; j++) out[b * QK + j] = d * (float)blk->q[j];
+        }
+        break;
+    case DL_TYPE_Q4_0:
+        for (int64_t b = 0; b < n / QK; b++) {
+            const block_q4_0 *blk = (const block_q4_0 *)x + b;
+            const float d = dl_h2f(blk->d);
+            for (int j = 0; j < QK / 2; j++) {
+                out[b * QK + j] = d * (float)((blk->qs[j] & 15) - 8);
+                out[b * QK + j + QK / 2] = d * (float)((blk->qs[j] >> 4) - 8);
+            }
+        }
+        break;
+    }
+}
+
+#ifndef DL_HAVE_READ_SUM
+static uint64_t k_read_sum(const void *buf, int64_t bytes) {
+    const uint64_t *p = (const uint64_t *)buf;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (int64_t i = 0; i < bytes / 8; i += 4) {
+        s0 += p[i];
+        s1 += p[i + 1];
+        s2 += p[i + 2];
+        s3 += p[i + 3];
+    }
+    return s0 + s1 + s2 + s3;
+}
+#endif
+
+const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
+    .name = DL_STR(DL_VARIANT),
+    .matmul = k_matmul,
+    .rmsnorm = k_rmsnorm,
+    .softmax = k_softmax,
+    .silu = k_silu,
+    .gelu = k_gelu,
+    .swiglu = k_swiglu,
+    .add = k_add,
+    .mul = k_mul,
+    .scale = k_scale,
+    .rope = k_rope,
+    .attention = k_attention,
+    .quantize_q8_0 = k_quantize_q8_0,
+    .dequantize = k_dequantize,
+    .f32_to_f16 = k_f32_to_f16,
+    .f16_to_f32 = k_f16_to_f32,
+    .f32_to_bf16 = k_f32_to_bf16,
+    .read_sum = k_read_sum,
+};

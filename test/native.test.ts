@@ -1,0 +1,88 @@
+// The native library's plumbing: type table mirror, the row split, the persistent pool, the loader's
+// fallback to the TypeScript kernels.
+import { expect, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { join } from "node:path";
+import { createNativeKernels, nativeSplitRange, nativeTypeInfo } from "../src/native/ffi";
+import { GGMLType, TYPE_TRAITS, typeBytes } from "../src/native/types";
+
+test("types.ts mirrors the block layouts the library was compiled with", () => {
+  for (const [type, t] of TYPE_TRAITS) {
+    expect(nativeTypeInfo(type)).toEqual({ blockValues: t.blockValues, blockBytes: t.blockBytes, activation: t.activation });
+  }
+  expect(nativeTypeInfo(3).blockBytes).toBe(0); // Q4_1: unknown to the library
+  expect(typeBytes(GGMLType.Q4_0, 4096)).toBe(2304);
+  expect(() => typeBytes(GGMLType.Q8_0, 33)).toThrow(/not a multiple of the block size 32/);
+});
+
+test("split_range: contiguous, complete, balanced on uneven sizes", () => {
+  for (const n of [0, 1, 2, 5, 7, 31, 32, 33, 4095, 4096]) {
+    for (let nth = 1; nth <= 8; nth++) {
+      let next = 0;
+      const sizes: number[] = [];
+      for (let ith = 0; ith < nth; ith++) {
+        const [a, b] = nativeSplitRange(n, nth, ith);
+        expect(a).toBe(next);
+        sizes.push(b - a);
+        next = b;
+      }
+      expect(next).toBe(n);
+      expect(Math.max(...sizes) - Math.min(...sizes)).toBeLessThanOrEqual(1);
+      // the larger shares come first
+      expect(sizes).toEqual([...sizes].sort((x, y) => y - x));
+    }
+  }
+  expect(() => nativeSplitRange(5, 0, 0)).toThrow(/out of its domain/);
+  expect(() => nativeSplitRange(5, 2, 2)).toThrow(/out of its domain/);
+});
+
+function threadCount(): number {
+  return readdirSync("/proc/self/task").length;
+}
+
+test("the pool starts its threads once: no thread is created per call", () => {
+  const before = threadCount();
+  const k = createNativeKernels(4);
+  expect(k.threads).toBe(4);
+  expect(threadCount()).toBe(before + 3);
+  const rows = 512, cols = 256;
+  const w = new Float32Array(rows * cols).fill(0.5);
+  const x = new Float32Array(cols).fill(2);
+  const out = new Float32Array(rows);
+  for (let i = 0; i < 2000; i++) k.matmul(out, rows, w, GGMLType.F32, x, cols, 0, rows, 1);
+  expect(out[rows - 1]).toBe(256);
+  expect(threadCount()).toBe(before + 3);
+  k.close();
+  expect(threadCount()).toBe(before);
+});
+
+test("without the native library the TypeScript kernels take over, with one notice", () => {
+  const script = `
+    import { loadKernels } from "./src/native/index.ts";
+    const a = await loadKernels({ threads: 2 });
+    const b = await loadKernels({ threads: 2 });
+    const out = new Float32Array(2);
+    a.add(out, new Float32Array([1, 2]), new Float32Array([3, 4]), 2);
+    console.log(a.name, b.name, out.join(","));
+  `;
+  const p = Bun.spawnSync([process.execPath, "-e", script], {
+    cwd: join(import.meta.dir, ".."),
+    env: { ...process.env, DAIRLLM_LIB: "/nonexistent/libdairllm.so" },
+  });
+  const stderr = p.stderr.toString();
+  expect(p.stdout.toString().trim()).toBe("typescript typescript 4,6");
+  expect(stderr.match(/native kernels unavailable/g)?.length).toBe(1);
+  expect(stderr).toContain("/nonexistent/libdairllm.so (missing)");
+  expect(p.exitCode).toBe(0);
+});
+
+test("DAIRLLM_VARIANT forces a variant, and an unknown one is refused by name", () => {
+  const script = `
+    import { createNativeKernels } from "./src/native/ffi.ts";
+    try { console.log(createNativeKernels(1).name); } catch (e) { console.log("error: " + e.message); }
+  `;
+  const run = (variant: string) =>
+    Bun.spawnSync([process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), env: { ...process.env, DAIRLLM_VARIANT: variant } }).stdout.toString().trim();
+  expect(run("scalar")).toBe("native:scalar");
+  expect(run("no-such-variant")).toMatch(/^error: DAIRLLM_VARIANT=no-such-variant is not a variant this CPU supports \(scalar/);
+});
