@@ -4,6 +4,7 @@
 // compiler builds a native-only library and says what is missing.
 //
 //   bun scripts/build-native.ts [--target x86_64|aarch64|all] [--force]
+//   bun scripts/build-native.ts --zig build test        (any zig command, with the pinned zig)
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 
@@ -124,6 +125,14 @@ export function ensureNative(arch: Arch = hostArch(), force = false): string {
 
 if (import.meta.main) {
   const args = process.argv.slice(2);
+  // `--zig ARGS...` runs the pinned zig (installed on demand) with ARGS, e.g. `--zig build test`.
+  const zi = args.indexOf("--zig");
+  if (zi >= 0) {
+    const zig = findZig();
+    if (!zig) process.exit(1);
+    const p = Bun.spawnSync([...zig.cmd, ...args.slice(zi + 1)], { cwd: ROOT, env: { ...process.env, ...zig.env }, stdout: "inherit", stderr: "inherit" });
+    process.exit(p.exitCode ?? 1);
+  }
   const force = args.includes("--force");
   const ti = args.indexOf("--target");
   const t = ti >= 0 ? args[ti + 1] : hostArch();

@@ -36,6 +36,9 @@ test("split_range: contiguous, complete, balanced on uneven sizes", () => {
   expect(() => nativeSplitRange(5, 2, 2)).toThrow(/out of its domain/);
 });
 
+/** Under qemu-user (arm64 CI) child processes need the same emulator in front: DAIRLLM_TEST_EXEC. */
+const EXEC = (process.env.DAIRLLM_TEST_EXEC ?? "").split(" ").filter(Boolean);
+
 function threadCount(): number {
   return readdirSync("/proc/self/task").length;
 }
@@ -65,7 +68,7 @@ test("without the native library the TypeScript kernels take over, with one noti
     a.add(out, new Float32Array([1, 2]), new Float32Array([3, 4]), 2);
     console.log(a.name, b.name, out.join(","));
   `;
-  const p = Bun.spawnSync([process.execPath, "-e", script], {
+  const p = Bun.spawnSync([...EXEC, process.execPath, "-e", script], {
     cwd: join(import.meta.dir, ".."),
     env: { ...process.env, DAIRLLM_LIB: "/nonexistent/libdairllm.so" },
   });
@@ -82,7 +85,7 @@ test("DAIRLLM_VARIANT forces a variant, and an unknown one is refused by name", 
     try { console.log(createNativeKernels(1).name); } catch (e) { console.log("error: " + e.message); }
   `;
   const run = (variant: string) =>
-    Bun.spawnSync([process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), env: { ...process.env, DAIRLLM_VARIANT: variant } }).stdout.toString().trim();
+    Bun.spawnSync([...EXEC, process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), env: { ...process.env, DAIRLLM_VARIANT: variant } }).stdout.toString().trim();
   expect(run("scalar")).toBe("native:scalar");
   expect(run("no-such-variant")).toMatch(/^error: DAIRLLM_VARIANT=no-such-variant is not a variant this CPU supports \(scalar/);
 });
