@@ -216,6 +216,42 @@ static inline __m512 gather_scales(const uint8_t *p, int stride, __mmask16 m) {
     return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
 }
 
+/* The fp16 scales of 16 whole Q4_0 blocks (288 bytes at p) as floats, without a gather: two pairs of
+ * 64-byte loads and a word permute each (block j's scale is word 9j from the start of its half). */
+static inline __m512 q4_scales16(const uint8_t *p) {
+    static const uint16_t idx[32] = {0, 9, 18, 27, 36, 45, 54, 63, 0, 0, 0, 0, 0, 0, 0, 0,
+                                     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    static const uint16_t idx_hi[32] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 18, 27, 36, 45, 54, 63,
+                                        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m512i lo = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)p), _mm512_loadu_si512((const void *)idx),
+                                                 _mm512_loadu_si512((const void *)(p + 64)));
+    const __m512i hi = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)(p + 144)), _mm512_loadu_si512((const void *)idx_hi),
+                                                 _mm512_loadu_si512((const void *)(p + 208)));
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_mask_blend_epi16(0xff00, lo, hi)));
+}
+
+/* The same for 16 whole Q8_0 blocks (544 bytes): four groups of four, scale j of a group at word 17j. */
+static inline __m512 q8_scales16(const uint8_t *p) {
+    static const uint16_t idx[4][32] = {
+        {0, 17, 34, 51},
+        {0, 0, 0, 0, 0, 17, 34, 51},
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 34, 51},
+        {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 34, 51},
+    };
+    __m512i v = _mm512_setzero_si512();
+    for (int k = 0; k < 4; k++) {
+        const uint8_t *q = p + 136 * k;
+        const __m512i g = _mm512_permutex2var_epi16(_mm512_loadu_si512((const void *)q), _mm512_loadu_si512((const void *)idx[k]),
+                                                    _mm512_loadu_si512((const void *)(q + 64)));
+        v = _mm512_mask_blend_epi16((__mmask32)(0xfu << (4 * k)), v, g);
+    }
+    return _mm512_cvtph_ps(_mm512_castsi512_si256(v));
+}
+
+#ifndef DL_PREFETCH
+#define DL_PREFETCH 1024 /* bytes ahead of each weight row stream, into L2 */
+#endif
+
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
                                                             const block_q8_0 *x, int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
@@ -226,9 +262,13 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
     while (nb - b >= 4) {
         const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
         const __mmask16 m = (__mmask16)((1u << g) - 1);
-        const __m512 sx = gather_scales((const uint8_t *)(x + b), sizeof(block_q8_0), m);
+        const __m512 sx = g == 16 ? q8_scales16((const uint8_t *)(x + b)) : gather_scales((const uint8_t *)(x + b), 34, m);
         __m512 sc[DL_DOTR_ROWS];
-        for (int r = 0; r < R; r++) sc[r] = _mm512_mul_ps(gather_scales(w + r * row_bytes + b * 18, 18, m), sx);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * row_bytes + b * 18;
+            sc[r] = _mm512_mul_ps(g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m), sx);
+            for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + DL_PREFETCH + o, _MM_HINT_T1);
+        }
         for (int64_t k = 0; k < g; k += 4, b += 4) {
             const uint8_t *xb = (const uint8_t *)(x + b);
             const __m512i xlo = load4x16(xb + 2, 34), xhi = load4x16(xb + 18, 34);
@@ -259,9 +299,12 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
     while (nb - b >= 2) {
         const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)1;
         const __mmask16 m = (__mmask16)((1u << g) - 1);
-        const __m512 sx = gather_scales((const uint8_t *)(x + b), sizeof(block_q8_0), m);
+        const __m512 sx = g == 16 ? q8_scales16((const uint8_t *)(x + b)) : gather_scales((const uint8_t *)(x + b), 34, m);
         __m512 sc[DL_DOTR_ROWS];
-        for (int r = 0; r < R; r++) sc[r] = _mm512_mul_ps(gather_scales(w + r * row_bytes + b * 34, 34, m), sx);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * row_bytes + b * 34;
+            sc[r] = _mm512_mul_ps(g == 16 ? q8_scales16(wr) : gather_scales(wr, 34, m), sx);
+        }
         for (int64_t k = 0; k < g; k += 2, b += 2) {
             const __m512i xq = load2x32((const uint8_t *)(x + b) + 2, 34);
             /* weights + 128 are unsigned; -128 * sum(x) per lane takes the 128 back out */
