@@ -138,9 +138,9 @@ function row(label: string, numpyMs: number, fn: (k: NativeKernels) => void): vo
     const k = kernels.get(t)!;
     fn(k);
     const ms = best(runs, () => fn(k)) * 1e3;
-    cells.push(pad(ms.toFixed(3), 10), pad(`${(numpyMs / ms).toFixed(1)}x`, 8));
+    cells.push(pad(ms.toFixed(3), 10), pad(Number.isNaN(numpyMs) ? "-" : `${(numpyMs / ms).toFixed(1)}x`, 8));
   }
-  console.log(`${pad(label, 52)}${pad(numpyMs.toFixed(3), 10)}${cells.join("")}`);
+  console.log(`${pad(label, 52)}${pad(Number.isNaN(numpyMs) ? "-" : numpyMs.toFixed(3), 10)}${cells.join("")}`);
 }
 {
   const x = randomFloats(128 * 4096);

@@ -5,6 +5,7 @@
 //
 //   bun scripts/build-native.ts [--target x86_64|aarch64|all] [--force]
 //   bun scripts/build-native.ts --zig build test        (any zig command, with the pinned zig)
+// DAIRLLM_ZIG=none skips zig (the C-compiler build); DAIRLLM_BUILD_DIR replaces build/native.
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 
@@ -36,8 +37,13 @@ export function hostArch(): Arch {
   throw new Error(`no native build for ${process.arch}: dairllm supports x86-64 and arm64 Linux`);
 }
 
+/** build/native, or DAIRLLM_BUILD_DIR (the tests build the fallback library elsewhere). */
+function buildDir(arch: Arch): string {
+  return join(process.env.DAIRLLM_BUILD_DIR ?? join(ROOT, "build", "native"), `${arch}-linux`);
+}
+
 export function libraryPath(arch: Arch): string {
-  return join(ROOT, "build", "native", `${arch}-linux`, "lib", "libdairllm.so");
+  return join(buildDir(arch), "lib", "libdairllm.so");
 }
 
 function log(msg: string): void {
@@ -57,6 +63,10 @@ function newestSource(): number {
 
 /** The command that runs the pinned zig, installing it into .tools/zig when needed; null if impossible. */
 export function findZig(): { cmd: string[]; env: Record<string, string> } | null {
+  if (process.env.DAIRLLM_ZIG === "none") {
+    log("DAIRLLM_ZIG=none: not using zig");
+    return null;
+  }
   const onPath = Bun.which("zig");
   if (onPath && run([onPath, "version"]).out.trim() === ZIG_VERSION) return { cmd: [onPath], env: {} };
   const python = Bun.which("python3") ?? Bun.which("python");
@@ -77,7 +87,7 @@ export function findZig(): { cmd: string[]; env: Record<string, string> } | null
 }
 
 function buildWithZig(zig: { cmd: string[]; env: Record<string, string> }, arch: Arch): void {
-  const prefix = join(ROOT, "build", "native", `${arch}-linux`);
+  const prefix = buildDir(arch);
   log(`zig build -Dtarget=${arch}-linux-gnu (ReleaseFast) ...`);
   const t0 = performance.now();
   const r = run([...zig.cmd, "build", `-Dtarget=${arch}-linux-gnu`, "-Drelease", "-p", prefix], zig.env);
@@ -89,9 +99,9 @@ function buildWithCc(arch: Arch): void {
   const cc = Bun.which("cc") ?? Bun.which("gcc") ?? Bun.which("clang");
   if (!cc) throw new Error("no zig and no C compiler (cc, gcc or clang): cannot build libdairllm");
   const isClang = run([cc, "--version"]).out.includes("clang");
-  const objDir = join(ROOT, "build", "native", `${arch}-linux`, "obj");
+  const objDir = join(buildDir(arch), "obj");
   mkdirSync(objDir, { recursive: true });
-  mkdirSync(join(ROOT, "build", "native", `${arch}-linux`, "lib"), { recursive: true });
+  mkdirSync(join(buildDir(arch), "lib"), { recursive: true });
   const objects: string[] = [];
   for (const [name, flags] of VARIANTS[arch]) {
     const f = flags.flatMap((x) => (x === "<novec>" ? (isClang ? ["-fno-vectorize", "-fno-slp-vectorize"] : ["-fno-tree-vectorize"]) : [x]));
