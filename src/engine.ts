@@ -1,0 +1,130 @@
+// One node running a whole model: open a GGUF, generate text, evaluate logits and perplexity.
+import { readConfig, type ModelConfig } from "./model/config";
+import { GGUFFile } from "./model/gguf";
+import { KVCache, LlamaModel, loadWeights } from "./model/llama";
+import { Sampler, type SamplerOptions } from "./model/sampler";
+import { Tokenizer } from "./model/tokenizer";
+import { loadKernels } from "./native/index";
+import type { Kernels } from "./native/types";
+
+export interface Engine {
+  readonly path: string;
+  readonly gguf: GGUFFile;
+  readonly config: ModelConfig;
+  readonly model: LlamaModel;
+  readonly tokenizer: Tokenizer;
+  readonly kernels: Kernels;
+  readonly loadSeconds: number;
+}
+
+export async function openEngine(path: string, threads: number): Promise<Engine> {
+  const t0 = performance.now();
+  const gguf = GGUFFile.open(path);
+  const config = readConfig(gguf);
+  const kernels = await loadKernels({ threads });
+  const model = new LlamaModel(config, loadWeights(gguf, config), kernels);
+  const tokenizer = Tokenizer.fromGGUF(gguf);
+  if (tokenizer.vocabSize !== config.vocabSize) {
+    throw new Error(`${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model ${config.vocabSize}`);
+  }
+  return { path, gguf, config, model, tokenizer, kernels, loadSeconds: (performance.now() - t0) / 1000 };
+}
+
+export interface GenerateOptions {
+  prompt: string;
+  maxTokens: number;
+  ctx: number;
+  sampler: SamplerOptions;
+  /** called with each piece of text as soon as it is complete UTF-8 */
+  onText: (text: string) => void;
+}
+
+export interface GenerateStats {
+  promptTokens: number;
+  generated: number[];
+  promptSeconds: number;
+  decodeSeconds: number;
+  stop: "eog" | "length" | "context";
+}
+
+export function generate(e: Engine, o: GenerateOptions): GenerateStats {
+  const prompt = e.tokenizer.encode(o.prompt, { addSpecial: true, parseSpecial: true });
+  if (prompt.length === 0) throw new Error("the prompt is empty and the model adds no BOS token: nothing to continue from");
+  if (prompt.length >= o.ctx) throw new Error(`the prompt has ${prompt.length} tokens, which leaves no room in a context of ${o.ctx} (raise --ctx)`);
+  const cache = new KVCache(o.ctx, e.config);
+  const sampler = new Sampler(o.sampler);
+  sampler.accept(prompt);
+  const decoder = e.tokenizer.createDecoder();
+  const generated: number[] = [];
+
+  let t0 = performance.now();
+  let logits = e.model.forward(prompt, 0, cache);
+  const promptSeconds = (performance.now() - t0) / 1000;
+  t0 = performance.now();
+  let stop: GenerateStats["stop"] = "length";
+  for (let pos = prompt.length; generated.length < o.maxTokens; pos++) {
+    const next = sampler.sample(logits);
+    if (e.tokenizer.isEog(next)) {
+      stop = "eog";
+      break;
+    }
+    generated.push(next);
+    o.onText(decoder.push(next));
+    if (pos >= o.ctx) {
+      stop = "context";
+      break;
+    }
+    if (generated.length < o.maxTokens) logits = e.model.forward([next], pos, cache);
+  }
+  o.onText(decoder.flush());
+  return { promptTokens: prompt.length, generated, promptSeconds, decodeSeconds: (performance.now() - t0) / 1000, stop };
+}
+
+/** Logits of every position of `tokens`, evaluated as one batch: [n_tokens x n_vocab]. */
+export function evaluateLogits(e: Engine, tokens: number[]): Float32Array {
+  if (tokens.length === 0) throw new Error("no tokens to evaluate");
+  return e.model.forward(tokens, 0, new KVCache(tokens.length, e.config), true);
+}
+
+export interface PerplexityResult {
+  ppl: number;
+  err: number;
+  chunks: number;
+  scored: number;
+}
+
+/**
+ * llama.cpp's llama-perplexity method: the text tokenized with BOS, cut into chunks of `ctx` tokens,
+ * each chunk's first token replaced by BOS, and only the second half of each chunk scored.
+ */
+export function perplexity(e: Engine, text: string, ctx: number, onChunk?: (i: number, n: number, ppl: number) => void): PerplexityResult {
+  const tokens = e.tokenizer.encode(text, { addSpecial: true, parseSpecial: false });
+  const chunks = Math.floor(tokens.length / ctx);
+  if (chunks < 1) throw new Error(`the text has ${tokens.length} tokens, fewer than one chunk of ${ctx} (use a longer text or a smaller --ctx)`);
+  const cache = new KVCache(ctx, e.config);
+  const first = Math.floor(ctx / 2);
+  const V = e.config.vocabSize;
+  let nll = 0, nll2 = 0, count = 0;
+  for (let c = 0; c < chunks; c++) {
+    const chunk = tokens.slice(c * ctx, (c + 1) * ctx);
+    if (e.tokenizer.addsBos) chunk[0] = e.tokenizer.bos;
+    const logits = e.model.forward(chunk, 0, cache, true);
+    for (let j = first; j < ctx - 1; j++) {
+      const row = logits.subarray(j * V, (j + 1) * V);
+      let max = -Infinity;
+      for (let i = 0; i < V; i++) max = Math.max(max, row[i]!);
+      let sum = 0;
+      for (let i = 0; i < V; i++) sum += Math.exp(row[i]! - max);
+      const v = Math.log(sum) - (row[chunk[j + 1]!]! - max);
+      nll += v;
+      nll2 += v * v;
+      count++;
+    }
+    onChunk?.(c + 1, chunks, Math.exp(nll / count));
+  }
+  const mean = nll / count;
+  let variance = nll2 / count - mean * mean;
+  variance = variance > 0 && count > 1 ? Math.sqrt(variance / (count - 1)) : 0;
+  const ppl = Math.exp(mean);
+  return { ppl, err: variance * ppl, chunks, scored: count };
+}

@@ -1,0 +1,208 @@
+// dairllm-worker: the command line (and the entry point of the compiled binary).
+import { readFileSync, writeFileSync } from "node:fs";
+import { type FlagSpec, formatHelp, parseArgs, type ParsedFlags, UsageError } from "./cli/args";
+import { evaluateLogits, generate, openEngine, perplexity } from "./engine";
+import { GGUFError, GGUFFile, ggmlTypeName } from "./model/gguf";
+import { readConfig } from "./model/config";
+import { DEFAULT_SAMPLER } from "./model/sampler";
+import { Tokenizer } from "./model/tokenizer";
+import pkg from "../package.json";
+
+const THREADS: FlagSpec = { name: "threads", short: "t", type: "int", value: "N", min: 1, max: 256, help: `native threads (default: ${navigator.hardwareConcurrency}, the cores of this machine)` };
+const MODEL: FlagSpec = { name: "model", short: "m", type: "string", value: "FILE", help: "the GGUF model file" };
+
+const RUN_FLAGS: FlagSpec[] = [
+  { name: "root", type: "bool", help: "run the model here (the root node; with no workers it computes everything)" },
+  MODEL,
+  { name: "prompt", short: "p", type: "string", value: "TEXT", help: "the text to continue" },
+  { name: "n-predict", short: "n", type: "int", value: "N", min: 0, help: "tokens to generate (default 128)" },
+  { name: "temp", type: "float", value: "T", min: 0, help: `temperature; 0 = greedy (default ${DEFAULT_SAMPLER.temperature})` },
+  { name: "top-k", type: "int", value: "K", min: 0, help: `keep the K most likely tokens; 0 = all (default ${DEFAULT_SAMPLER.topK})` },
+  { name: "top-p", type: "float", value: "P", min: 0, max: 1, help: `keep the smallest set with probability >= P (default ${DEFAULT_SAMPLER.topP})` },
+  { name: "min-p", type: "float", value: "P", min: 0, max: 1, help: `drop tokens below P x the top probability (default ${DEFAULT_SAMPLER.minP})` },
+  { name: "repeat-penalty", type: "float", value: "R", min: 0, help: "penalise the last 64 tokens; 1 = off (default 1)" },
+  { name: "seed", type: "int", value: "S", min: 0, max: 2 ** 32 - 1, help: "random seed: same seed, same text (default: random, printed)" },
+  THREADS,
+  { name: "ctx", short: "c", type: "int", value: "N", min: 8, help: "context size in tokens (default: the model's, at most 4096)" },
+  { name: "help", short: "h", type: "bool", help: "show this help" },
+  { name: "version", short: "v", type: "bool", help: "print the version" },
+];
+
+const USAGE = `dairllm-worker ${pkg.version}: run large language models on small machines
+
+usage:
+  dairllm-worker --root --model M.gguf --prompt TEXT [options]   generate text
+  dairllm-worker inspect M.gguf                                   architecture, dims, tensor types and sizes
+  dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
+  dairllm-worker logits --model M.gguf --tokens 1,5,7 --out F     all positions' logits, raw float32
+  dairllm-worker perplexity --model M.gguf --file T.txt [--ctx N] PPL by llama.cpp's method
+
+options of --root:
+${formatHelp(RUN_FLAGS)}
+
+Tokens stream to stdout; load time and speeds go to stderr. Exit codes: 0 ok, 1 error, 2 bad usage.`;
+
+function need(flags: ParsedFlags, name: string, what: string): string {
+  const v = flags[name];
+  if (v === undefined || v === "") throw new UsageError(`--${name} is required (${what})`);
+  return String(v);
+}
+
+function noPositional(cmd: string, positional: string[]): void {
+  if (positional.length) throw new UsageError(`${cmd}: unexpected argument ${JSON.stringify(positional[0])}`);
+}
+
+function defaultCtx(modelCtx: number): number {
+  return Math.min(modelCtx, 4096);
+}
+
+async function run(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case "inspect":
+      return inspect(rest);
+    case "tokenize":
+      return tokenize(rest);
+    case "logits":
+      return logits(rest);
+    case "perplexity":
+      return ppl(rest);
+  }
+  const { flags, positional } = parseArgs(argv, RUN_FLAGS);
+  if (flags.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (flags.version) {
+    console.log(`dairllm-worker ${pkg.version} (bun ${Bun.version}, ${process.platform}-${process.arch})`);
+    return 0;
+  }
+  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: inspect, tokenize, logits, perplexity; or --root)`);
+  if (!flags.root) throw new UsageError("nothing to do: pass --root to generate (cluster workers are not available yet), or a command; see --help");
+  const path = need(flags, "model", "the GGUF file to run");
+  const prompt = need(flags, "prompt", "the text to continue");
+  const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
+  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
+  const ctx = (flags.ctx as number | undefined) ?? defaultCtx(e.config.contextLength);
+  process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}\n`);
+  const stats = generate(e, {
+    prompt,
+    maxTokens: (flags["n-predict"] as number | undefined) ?? 128,
+    ctx,
+    sampler: {
+      ...DEFAULT_SAMPLER,
+      temperature: (flags.temp as number | undefined) ?? DEFAULT_SAMPLER.temperature,
+      topK: (flags["top-k"] as number | undefined) ?? DEFAULT_SAMPLER.topK,
+      topP: (flags["top-p"] as number | undefined) ?? DEFAULT_SAMPLER.topP,
+      minP: (flags["min-p"] as number | undefined) ?? DEFAULT_SAMPLER.minP,
+      repeatPenalty: (flags["repeat-penalty"] as number | undefined) ?? DEFAULT_SAMPLER.repeatPenalty,
+      seed,
+    },
+    onText: (t) => {
+      if (t) process.stdout.write(t);
+    },
+  });
+  process.stdout.write("\n");
+  const n = stats.generated.length;
+  process.stderr.write(
+    `prompt: ${stats.promptTokens} tokens in ${stats.promptSeconds.toFixed(3)} s (${(stats.promptTokens / stats.promptSeconds).toFixed(1)} tokens/s); ` +
+      `decode: ${n} tokens in ${stats.decodeSeconds.toFixed(3)} s (${n ? (n / stats.decodeSeconds).toFixed(1) : "0"} tokens/s)\n`,
+  );
+  if (stats.stop === "context") process.stderr.write(`stopped: the context limit of ${ctx} tokens is reached (raise --ctx)\n`);
+  return 0;
+}
+
+function inspect(argv: string[]): number {
+  const { flags, positional } = parseArgs(argv, [{ name: "help", short: "h", type: "bool", help: "" }]);
+  if (flags.help || positional.length !== 1) {
+    if (!flags.help) throw new UsageError("inspect takes one GGUF file: dairllm-worker inspect M.gguf");
+    console.log("usage: dairllm-worker inspect M.gguf");
+    return 0;
+  }
+  const g = GGUFFile.open(positional[0]!);
+  const c = readConfig(g);
+  const lines = [
+    `file:          ${g.path} (GGUF v${g.version}, ${g.bytes.byteLength} bytes, ${g.tensors.size} tensors)`,
+    `architecture:  ${c.arch} (${c.name})`,
+    `dims:          dim ${c.dim}, ffn ${c.hiddenDim}, layers ${c.nLayers}, heads ${c.nHeads}, kv heads ${c.nKvHeads}, head dim ${c.headDim}, vocab ${c.vocabSize}, context ${c.contextLength}`,
+    `rope:          ${c.ropeMode === 0 ? "adjacent pairs (llama)" : "neox"}, base ${c.ropeBase}, ${c.nRot} dims; rms eps ${c.rmsEps}`,
+  ];
+  const byType = new Map<string, { n: number; bytes: number }>();
+  for (const t of g.tensors.values()) {
+    const k = ggmlTypeName(t.type);
+    const e = byType.get(k) ?? { n: 0, bytes: 0 };
+    e.n++;
+    e.bytes += Math.max(t.nBytes, 0);
+    byType.set(k, e);
+  }
+  lines.push(`tensor types:  ${[...byType].map(([k, v]) => `${k} x${v.n} (${(v.bytes / 2 ** 20).toFixed(2)} MiB)`).join(", ")}`);
+  lines.push("tensors:");
+  for (const t of g.tensors.values()) lines.push(`  ${t.name.padEnd(28)} ${ggmlTypeName(t.type).padEnd(6)} [${t.dims.join(", ")}]  ${t.nBytes >= 0 ? `${t.nBytes} bytes` : "size unknown"}`);
+  console.log(lines.join("\n"));
+  return 0;
+}
+
+function tokenize(argv: string[]): number {
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "no-bos", type: "bool", help: "" }, { name: "file", short: "f", type: "string", help: "" }]);
+  const path = need(flags, "model", "the GGUF file whose tokenizer to use");
+  if (flags.file !== undefined && positional.length) throw new UsageError("tokenize: give either --file or TEXT, not both");
+  if (flags.file === undefined && positional.length !== 1) throw new UsageError("tokenize: give the text as one argument (quote it) or --file F");
+  const text = flags.file !== undefined ? readText(String(flags.file)) : positional[0]!;
+  const tok = Tokenizer.fromGGUF(GGUFFile.open(path));
+  console.log(JSON.stringify(tok.encode(text, { addSpecial: !flags["no-bos"], parseSpecial: true })));
+  return 0;
+}
+
+async function logits(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "tokens", type: "string", help: "" }, { name: "out", short: "o", type: "string", help: "" }, THREADS]);
+  noPositional("logits", positional);
+  const path = need(flags, "model", "the GGUF file");
+  const list = need(flags, "tokens", "comma-separated token ids, e.g. 1,5,7");
+  const out = need(flags, "out", "the file to write the float32 logits to");
+  const tokens = list.split(",").map((s) => {
+    const v = Number(s.trim());
+    if (s.trim() === "" || !Number.isInteger(v) || v < 0) throw new UsageError(`--tokens: "${s}" is not a token id`);
+    return v;
+  });
+  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
+  const l = evaluateLogits(e, tokens);
+  writeFileSync(out, new Uint8Array(l.buffer, l.byteOffset, l.byteLength));
+  process.stderr.write(`wrote ${tokens.length} x ${e.config.vocabSize} float32 logits to ${out}\n`);
+  return 0;
+}
+
+async function ppl(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "file", short: "f", type: "string", help: "" }, { name: "ctx", short: "c", type: "int", min: 8, help: "" }, THREADS]);
+  noPositional("perplexity", positional);
+  const path = need(flags, "model", "the GGUF file");
+  const text = readText(need(flags, "file", "the text to score"));
+  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
+  const ctx = (flags.ctx as number | undefined) ?? Math.min(e.config.contextLength, 512);
+  const r = perplexity(e, text, ctx, (i, n, p) => process.stderr.write(`\rchunk ${i}/${n}: running PPL ${p.toFixed(4)}`));
+  process.stderr.write("\n");
+  console.log(`PPL = ${r.ppl.toFixed(4)} +/- ${r.err.toFixed(5)}`);
+  process.stderr.write(`${r.chunks} chunks of ${ctx} tokens, ${r.scored} tokens scored\n`);
+  return 0;
+}
+
+function readText(path: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (e) {
+    throw new Error(`${path}: cannot be read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+if (import.meta.main) {
+  try {
+    process.exitCode = await run(process.argv.slice(2));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`dairllm-worker: ${e.message}\n`);
+      process.exitCode = 2;
+    } else {
+      process.stderr.write(`dairllm-worker: ${e instanceof GGUFError ? e.message : (e as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  }
+}
