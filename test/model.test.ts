@@ -9,7 +9,7 @@ import { GGUFFile } from "../src/model/gguf";
 import { KVCache, LlamaModel, loadWeights } from "../src/model/llama";
 import { createNativeKernels } from "../src/native/ffi";
 import { createTsKernels } from "../src/native/ts-kernels";
-import type { Kernels } from "../src/native/types";
+import { GGMLType, type Kernels } from "../src/native/types";
 
 const DIR = join(import.meta.dir, "fixtures", "models");
 const MODELS = ["tiny-f32", "tiny-f16", "tiny-q8_0", "tiny-q4_0", "mini-f32", "mini-q8_0", "mini-q4_0", "odd-q4_0", "qwen2-tiny-f32", "qwen2-tiny-q8_0"];
@@ -80,4 +80,18 @@ test("a token outside the vocabulary and a position past the context are refused
   const cache = new KVCache(c.contextLength, c);
   expect(() => model.forward([c.vocabSize], 0, cache)).toThrow(/token id 512 is outside the vocabulary/);
   expect(() => model.forward([1, 2], c.contextLength - 1, cache)).toThrow(/exceed the context of 128/);
+});
+
+test("an F16 KV cache gives the same greedy continuation (tiny-f32, mini-q4_0)", async () => {
+  for (const name of ["tiny-f32", "mini-q4_0"]) {
+    const { c, model, ref } = await load(name, native);
+    const cache = new KVCache(c.contextLength, c, GGMLType.F16);
+    let logits = model.forward(ref.greedy.prompt, 0, cache);
+    const generated: number[] = [];
+    for (let pos = ref.greedy.prompt.length; generated.length < 32; pos++) {
+      generated.push(argmax(logits));
+      logits = model.forward([generated.at(-1)!], pos, cache);
+    }
+    expect(generated).toEqual(ref.greedy.generated);
+  }
 });

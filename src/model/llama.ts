@@ -183,17 +183,32 @@ class Scratch {
   }
 }
 
-/** The KV cache: per layer, one row of n_kv_heads * head_dim per position (F32). */
+/** The KV cache: per layer, one row of n_kv_heads * head_dim per position, F32 or F16. */
 export class KVCache {
-  readonly k: Float32Array[];
-  readonly v: Float32Array[];
+  readonly k: (Float32Array | Uint16Array)[];
+  readonly v: (Float32Array | Uint16Array)[];
   constructor(
     readonly nCtx: number,
     c: ModelConfig,
+    readonly type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32,
   ) {
     const row = c.nKvHeads * c.headDim;
-    this.k = Array.from({ length: c.nLayers }, () => new Float32Array(nCtx * row));
-    this.v = Array.from({ length: c.nLayers }, () => new Float32Array(nCtx * row));
+    const make = () => (type === GGMLType.F16 ? new Uint16Array(nCtx * row) : new Float32Array(nCtx * row));
+    this.k = Array.from({ length: c.nLayers }, make);
+    this.v = Array.from({ length: c.nLayers }, make);
+  }
+
+  /** Stores n rows of keys and values at positions pos0.. of layer l. */
+  store(k: Kernels, l: number, pos0: number, keys: Float32Array, values: Float32Array, count: number): void {
+    const [kc, vc] = [this.k[l]!, this.v[l]!];
+    const at = pos0 * (kc.length / this.nCtx);
+    if (kc instanceof Float32Array) {
+      kc.set(keys.subarray(0, count), at);
+      (vc as Float32Array).set(values.subarray(0, count), at);
+    } else {
+      k.f32ToF16(kc.subarray(at), keys, count);
+      k.f32ToF16((vc as Uint16Array).subarray(at), values, count);
+    }
   }
 }
 
@@ -255,9 +270,8 @@ export class LlamaModel {
       if (L.kNorm) k.rmsnorm(s.k, s.k, L.kNorm, c.headDim, n * c.nKvHeads, c.rmsEps);
       k.rope(s.q, s.q, pos, w.ropeFreqs, n, c.nHeads, c.headDim, c.nRot, c.ropeMode);
       k.rope(s.k, s.k, pos, w.ropeFreqs, n, c.nKvHeads, c.headDim, c.nRot, c.ropeMode);
-      cache.k[l]!.set(s.k.subarray(0, n * kvDim), pos0 * kvDim);
-      cache.v[l]!.set(s.v.subarray(0, n * kvDim), pos0 * kvDim);
-      k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, GGMLType.F32, pos, n, c.nHeads, c.nKvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
+      cache.store(k, l, pos0, s.k, s.v, n * kvDim);
+      k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, cache.type, pos, n, c.nHeads, c.nKvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
       this.matmul(s.proj, L.wo, this.act2.set(s.att, n * qDim), n);
       k.add(s.x, s.x, s.proj, n * c.dim);
 
