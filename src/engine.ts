@@ -5,7 +5,7 @@ import { KVCache, LlamaModel, loadWeights } from "./model/llama";
 import { Sampler, type SamplerOptions } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { loadKernels } from "./native/index";
-import type { Kernels } from "./native/types";
+import { GGMLType, type Kernels } from "./native/types";
 
 export interface Engine {
   readonly path: string;
@@ -34,6 +34,8 @@ export interface GenerateOptions {
   prompt: string;
   maxTokens: number;
   ctx: number;
+  /** KV cache type (default F32) */
+  kv?: GGMLType.F32 | GGMLType.F16;
   sampler: SamplerOptions;
   /** called with each piece of text as soon as it is complete UTF-8 */
   onText: (text: string) => void;
@@ -51,7 +53,7 @@ export function generate(e: Engine, o: GenerateOptions): GenerateStats {
   const prompt = e.tokenizer.encode(o.prompt, { addSpecial: true, parseSpecial: true });
   if (prompt.length === 0) throw new Error("the prompt is empty and the model adds no BOS token: nothing to continue from");
   if (prompt.length >= o.ctx) throw new Error(`the prompt has ${prompt.length} tokens, which leaves no room in a context of ${o.ctx} (raise --ctx)`);
-  const cache = new KVCache(o.ctx, e.config);
+  const cache = new KVCache(o.ctx, e.config, o.kv ?? GGMLType.F32);
   const sampler = new Sampler(o.sampler);
   sampler.accept(prompt);
   const decoder = e.tokenizer.createDecoder();

@@ -6,6 +6,7 @@ import { GGUFError, GGUFFile, ggmlTypeName } from "./model/gguf";
 import { readConfig } from "./model/config";
 import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
+import { GGMLType } from "./native/types";
 import pkg from "../package.json";
 
 const THREADS: FlagSpec = { name: "threads", short: "t", type: "int", value: "N", min: 1, max: 256, help: `native threads (default: ${navigator.hardwareConcurrency}, the cores of this machine)` };
@@ -24,6 +25,7 @@ const RUN_FLAGS: FlagSpec[] = [
   { name: "seed", type: "int", value: "S", min: 0, max: 2 ** 32 - 1, help: "random seed: same seed, same text (default: random, printed)" },
   THREADS,
   { name: "ctx", short: "c", type: "int", value: "N", min: 8, help: "context size in tokens (default: the model's, at most 4096)" },
+  { name: "kv", type: "string", value: "f32|f16", help: "KV cache type (default f32; f16 halves its memory)" },
   { name: "help", short: "h", type: "bool", help: "show this help" },
   { name: "version", short: "v", type: "bool", help: "print the version" },
 ];
@@ -81,6 +83,8 @@ async function run(argv: string[]): Promise<number> {
   if (!flags.root) throw new UsageError("nothing to do: pass --root to generate (cluster workers are not available yet), or a command; see --help");
   const path = need(flags, "model", "the GGUF file to run");
   const prompt = need(flags, "prompt", "the text to continue");
+  const kv = flags.kv ?? "f32";
+  if (kv !== "f32" && kv !== "f16") throw new UsageError(`--kv must be f32 or f16 (got ${String(kv)})`);
   const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
   const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
   const ctx = (flags.ctx as number | undefined) ?? defaultCtx(e.config.contextLength);
@@ -89,6 +93,7 @@ async function run(argv: string[]): Promise<number> {
     prompt,
     maxTokens: (flags["n-predict"] as number | undefined) ?? 128,
     ctx,
+    kv: kv === "f16" ? GGMLType.F16 : GGMLType.F32,
     sampler: {
       ...DEFAULT_SAMPLER,
       temperature: (flags.temp as number | undefined) ?? DEFAULT_SAMPLER.temperature,
