@@ -95,3 +95,20 @@ test("an F16 KV cache gives the same greedy continuation (tiny-f32, mini-q4_0)",
     expect(generated).toEqual(ref.greedy.generated);
   }
 });
+
+test("a weight of an unsupported type is refused with its name and type", async () => {
+  const bytes = new Uint8Array(await Bun.file(join(DIR, "tiny-q4_0.gguf")).arrayBuffer());
+  // tensor info: name (u64 length + bytes), u32 n_dims, u64 dims[2], u32 type, u64 offset
+  const name = new TextEncoder().encode("blk.0.attn_q.weight");
+  let at = -1;
+  for (let i = 0; i < bytes.length - name.length && at < 0; i++) {
+    if (name.every((b, j) => bytes[i + j] === b) && bytes[i - 8] === name.length) at = i + name.length;
+  }
+  expect(at).toBeGreaterThan(0);
+  const dv = new DataView(bytes.buffer);
+  expect(dv.getUint32(at, true)).toBe(2); // two dims
+  expect(dv.getUint32(at + 4 + 16, true)).toBe(2); // Q4_0
+  dv.setUint32(at + 4 + 16, 20, true); // IQ4_NL: the same block size, a type dairllm does not run
+  const g = new GGUFFile(bytes, "patched.gguf");
+  expect(() => loadWeights(g, readConfig(g))).toThrow("patched.gguf: blk.0.attn_q.weight: type IQ4_NL not supported (supported: F32, F16, BF16, Q8_0, Q4_0)");
+});
