@@ -198,16 +198,18 @@ function readText(path: string): string {
   }
 }
 
-if (import.meta.main) {
+/** Runs the command line; returns the exit code (errors are printed, never thrown). */
+export async function runCli(argv: string[]): Promise<number> {
   try {
-    process.exitCode = await run(process.argv.slice(2));
+    return await run(argv);
   } catch (e) {
     if (e instanceof UsageError) {
       process.stderr.write(`dairllm-worker: ${e.message}\n`);
-      process.exitCode = 2;
-    } else {
-      process.stderr.write(`dairllm-worker: ${e instanceof GGUFError ? e.message : (e as Error).message}\n`);
-      process.exitCode = 1;
+      return 2;
     }
+    process.stderr.write(`dairllm-worker: ${e instanceof GGUFError ? e.message : (e as Error).message}\n`);
+    return 1;
   }
 }
+
+if (import.meta.main) process.exitCode = await runCli(process.argv.slice(2));
