@@ -109,7 +109,7 @@ export function perplexity(e: Engine, text: string, ctx: number, onChunk?: (i: n
   let nll = 0, nll2 = 0, count = 0;
   for (let c = 0; c < chunks; c++) {
     const chunk = tokens.slice(c * ctx, (c + 1) * ctx);
-    if (e.tokenizer.addsBos) chunk[0] = e.tokenizer.bos;
+    if (e.tokenizer.addBos && e.tokenizer.bos >= 0) chunk[0] = e.tokenizer.bos;
     const logits = e.model.forward(chunk, 0, cache, true);
     for (let j = first; j < ctx - 1; j++) {
       const row = logits.subarray(j * V, (j + 1) * V);

@@ -130,7 +130,7 @@ function inspect(argv: string[]): number {
     `file:          ${g.path} (GGUF v${g.version}, ${g.bytes.byteLength} bytes, ${g.tensors.size} tensors)`,
     `architecture:  ${c.arch} (${c.name})`,
     `dims:          dim ${c.dim}, ffn ${c.hiddenDim}, layers ${c.nLayers}, heads ${c.nHeads}, kv heads ${c.nKvHeads}, head dim ${c.headDim}, vocab ${c.vocabSize}, context ${c.contextLength}`,
-    `rope:          ${c.ropeMode === 0 ? "adjacent pairs (llama)" : "neox"}, base ${c.ropeBase}, ${c.nRot} dims; rms eps ${c.rmsEps}`,
+    `rope:          ${c.ropeMode === 0 ? "adjacent pairs (llama)" : "neox"}, base ${c.ropeBase}, ${c.nRot} dims; rms eps ${Number(c.rmsEps.toPrecision(6))}`,
   ];
   const byType = new Map<string, { n: number; bytes: number }>();
   for (const t of g.tensors.values()) {

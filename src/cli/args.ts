@@ -51,7 +51,7 @@ export function parseArgs(argv: readonly string[], specs: readonly FlagSpec[]): 
       spec = byShort.get(name);
     }
     if (!spec) {
-      const close = specs.find((s) => s.name.startsWith(name.slice(0, 3)) || name.startsWith(s.name.slice(0, 3)));
+      const close = specs.find((s) => editDistance(s.name, name) <= 2);
       throw new UsageError(`unknown option ${arg}${close ? ` (did you mean --${close.name}?)` : ""}`);
     }
     const label = `--${spec.name}`;
@@ -92,4 +92,15 @@ export function formatHelp(specs: readonly FlagSpec[]): string {
   });
   const w = Math.max(...rows.map(([l]) => l.length)) + 2;
   return rows.map(([l, h]) => `  ${l.padEnd(w)}${h}`).join("\n");
+}
+
+/** Levenshtein distance, for "did you mean" hints. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
 }
