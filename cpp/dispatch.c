@@ -125,24 +125,34 @@ const char *dl_cpu_features(void) {
 #define DL_MAX_THREADS 256
 #define DL_SPIN 4000 /* pause iterations a worker spins before it sleeps */
 
-typedef void (*task_fn)(void *arg, int64_t ith, int64_t nth);
+typedef void (*task_fn)(void *arg, int64_t part, int64_t n_parts);
 
 typedef struct {
     dl_ctx *ctx;
     int ith;
 } worker_arg;
 
+/*
+ * A task is cut into n_parts fixed parts (the same cut whoever runs them, so results never depend on
+ * scheduling). Threads claim parts from a counter; the caller claims too, and waits only for parts
+ * that another thread has claimed. A worker that the OS has not scheduled yet (another process on
+ * the core, a slow wake-up) therefore never delays a call: the caller does its parts instead.
+ *
+ * `claim` packs the task generation (high 32 bits) and the next part (low 32 bits), so a late worker
+ * can never claim a part of a newer task with the function of an older one: a new task is published
+ * only after every part of the previous one has finished.
+ */
 struct dl_ctx {
     const dl_kernels *k;
     int variant;
     int n_threads;
-    /* current task, published by the increment of gen */
-    task_fn fn;
+    task_fn fn; /* the current task: written before `claim` is published */
     void *arg;
-    int64_t task_nth;
-    atomic_uint gen;
-    atomic_int pending;
+    int64_t n_parts;
+    _Atomic uint64_t claim;
+    atomic_llong done;
     atomic_int stop;
+    atomic_int sleepers;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pthread_t threads[DL_MAX_THREADS];
@@ -157,49 +167,64 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void *worker_main(void *p) {
-    const worker_arg *wa = (const worker_arg *)p;
-    dl_ctx *ctx = wa->ctx;
-    unsigned seen = 0;
+/* Claims and runs parts of the task of generation `gen` until none is left. */
+static void run_parts(dl_ctx *ctx, uint32_t gen) {
+    uint64_t c = atomic_load_explicit(&ctx->claim, memory_order_acquire);
     for (;;) {
-        unsigned g;
+        if ((uint32_t)(c >> 32) != gen || (int64_t)(uint32_t)c >= ctx->n_parts) return;
+        if (atomic_compare_exchange_weak_explicit(&ctx->claim, &c, c + 1, memory_order_acq_rel, memory_order_acquire)) {
+            ctx->fn(ctx->arg, (int64_t)(uint32_t)c, ctx->n_parts);
+            atomic_fetch_add_explicit(&ctx->done, 1, memory_order_release);
+            c = atomic_load_explicit(&ctx->claim, memory_order_acquire);
+        }
+    }
+}
+
+static void *worker_main(void *p) {
+    dl_ctx *ctx = ((const worker_arg *)p)->ctx;
+    uint32_t seen = 0;
+    for (;;) {
         int spins = 0;
-        while ((g = atomic_load_explicit(&ctx->gen, memory_order_acquire)) == seen) {
+        uint32_t g;
+        while ((g = (uint32_t)(atomic_load_explicit(&ctx->claim, memory_order_acquire) >> 32)) == seen) {
             if (atomic_load_explicit(&ctx->stop, memory_order_acquire)) return NULL;
             if (++spins < DL_SPIN) {
                 cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&ctx->mu);
-            while (atomic_load(&ctx->gen) == seen && !atomic_load(&ctx->stop)) pthread_cond_wait(&ctx->cv, &ctx->mu);
+            atomic_fetch_add(&ctx->sleepers, 1);
+            while ((uint32_t)(atomic_load(&ctx->claim) >> 32) == seen && !atomic_load(&ctx->stop)) pthread_cond_wait(&ctx->cv, &ctx->mu);
+            atomic_fetch_sub(&ctx->sleepers, 1);
             pthread_mutex_unlock(&ctx->mu);
             spins = 0;
         }
         seen = g;
-        if (atomic_load_explicit(&ctx->stop, memory_order_acquire)) return NULL;
-        if (wa->ith < ctx->task_nth) ctx->fn(ctx->arg, wa->ith, ctx->task_nth);
-        atomic_fetch_sub_explicit(&ctx->pending, 1, memory_order_release);
+        run_parts(ctx, g);
     }
 }
 
-/* Runs fn(arg, ith, nth) for ith in [0, nth) on the pool; the calling thread is ith 0. */
-static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t nth) {
-    if (nth > ctx->n_threads) nth = ctx->n_threads;
-    if (nth <= 1) {
+/* Runs fn(arg, part, n_parts) for every part in [0, n_parts) on the pool and the calling thread. */
+static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t n_parts) {
+    if (n_parts > ctx->n_threads) n_parts = ctx->n_threads;
+    if (n_parts <= 1) {
         fn(arg, 0, 1);
         return;
     }
     ctx->fn = fn;
     ctx->arg = arg;
-    ctx->task_nth = nth;
-    atomic_store_explicit(&ctx->pending, ctx->n_threads - 1, memory_order_relaxed);
-    pthread_mutex_lock(&ctx->mu);
-    atomic_fetch_add_explicit(&ctx->gen, 1, memory_order_release);
-    pthread_cond_broadcast(&ctx->cv);
-    pthread_mutex_unlock(&ctx->mu);
-    fn(arg, 0, nth);
+    ctx->n_parts = n_parts;
+    atomic_store_explicit(&ctx->done, 0, memory_order_relaxed);
+    const uint32_t gen = (uint32_t)(atomic_load_explicit(&ctx->claim, memory_order_relaxed) >> 32) + 1;
+    atomic_store(&ctx->claim, (uint64_t)gen << 32); /* seq_cst: ordered before the sleepers check */
+    if (atomic_load(&ctx->sleepers) > 0) {
+        pthread_mutex_lock(&ctx->mu);
+        pthread_cond_broadcast(&ctx->cv);
+        pthread_mutex_unlock(&ctx->mu);
+    }
+    run_parts(ctx, gen);
     int spins = 0;
-    while (atomic_load_explicit(&ctx->pending, memory_order_acquire) != 0) {
+    while (atomic_load_explicit(&ctx->done, memory_order_acquire) < n_parts) {
         if (++spins < DL_SPIN) cpu_relax();
         else sched_yield();
     }
