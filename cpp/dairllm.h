@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define DL_ABI_VERSION 1
+#define DL_ABI_VERSION 2
 
 #define DL_OK 0
 #define DL_E_NULL (-1)     /* a required pointer is NULL */
@@ -81,10 +81,12 @@ int dl_split_range(int64_t *out, int64_t n, int64_t nth, int64_t ith);
 /* ---- matrix x matrix (n_tok = 1: matrix x vector) --------------------------------------- */
 /* For t in [0, n_tok) and r in [r0, r1):
  *   out[t * ldo + (r - r0)] = dot(row r of w, row t of x)
- * w: the whole matrix of type wtype (row 0 at w); x: n_tok rows of n_in values in the activation
- * type dl_type_activation(wtype) (Q8_0: n_in/32 blocks per row). n_in must be a multiple of the
- * weight block size. Q8_0/Q4_0 sum per block fp32(d_w) * fp32(d_x) * (integer dot), like ggml. */
-int dl_matmul(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0,
+ * w: the matrix of type wtype, row r at byte w + r * ldw (ldw = 0: rows packed, ldw = row bytes of n_in;
+ * a larger ldw reads a column slice of a wider matrix, w pointing at the slice's first column);
+ * x: n_tok rows of n_in values in the activation type dl_type_activation(wtype) (Q8_0: n_in/32 blocks
+ * per row). n_in must be a multiple of the weight block size. Q8_0/Q4_0 sum per block
+ * fp32(d_w) * fp32(d_x) * (integer dot), like ggml. */
+int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
               int64_t r1, int64_t n_tok, dl_ctx *ctx);
 
 /* ---- normalisation and activations (float32) -------------------------------------------- */

@@ -330,6 +330,7 @@ typedef struct {
     float *out;
     int64_t ldo;
     const void *w;
+    int64_t ldw;
     int wtype;
     const void *x;
     int64_t n_in, r0, r1, n_tok;
@@ -339,17 +340,20 @@ static void matmul_part(void *p, int64_t ith, int64_t nth) {
     const matmul_task *t = (const matmul_task *)p;
     int64_t a, b;
     split_range(t->r1 - t->r0, nth, ith, &a, &b);
-    if (a < b) t->k->matmul(t->out, t->ldo, t->w, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+    if (a < b) t->k->matmul(t->out, t->ldo, t->w, t->ldw, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
 }
 
-int dl_matmul(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0, int64_t r1,
-              int64_t n_tok, dl_ctx *ctx) {
+int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
+              int64_t r1, int64_t n_tok, dl_ctx *ctx) {
     CHECK(out && w && x && ctx, DL_E_NULL);
     const int64_t bv = dl_type_block_values(wtype);
     CHECK(bv > 0, DL_E_TYPE);
     CHECK(n_in > 0 && n_tok > 0 && n_in % bv == 0, DL_E_SIZE);
     CHECK(r0 >= 0 && r1 > r0 && ldo >= r1 - r0, DL_E_RANGE);
-    matmul_task t = {ctx->k, out, ldo, w, wtype, x, n_in, r0, r1, n_tok};
+    const int64_t row_bytes = n_in / bv * dl_type_block_bytes(wtype);
+    if (ldw == 0) ldw = row_bytes;
+    CHECK(ldw >= row_bytes, DL_E_ARG);
+    matmul_task t = {ctx->k, out, ldo, w, ldw, wtype, x, n_in, r0, r1, n_tok};
     pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok));
     return DL_OK;
 }

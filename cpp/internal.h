@@ -28,7 +28,7 @@ _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 typedef struct dl_kernels {
     const char *name;
     /* rows [ra, rb) of the matmul, written at out[t * ldo + (r - r0)] */
-    void (*matmul)(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0,
+    void (*matmul)(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
                    int64_t ra, int64_t rb, int64_t n_tok);
     void (*rmsnorm)(float *out, const float *x, const float *w, int64_t n, float eps); /* one row */
     void (*softmax)(float *out, const float *x, int64_t n);                             /* one row */

@@ -142,31 +142,31 @@ DOT2_GENERIC(dot_bf16)
     } while (0)
 #endif
 
-static void k_matmul(float *out, int64_t ldo, const void *w, int wtype, const void *x, int64_t n_in, int64_t r0,
+static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
                      int64_t ra, int64_t rb, int64_t n_tok) {
     switch (wtype) {
     case DL_TYPE_F32:
-        MATMUL_PAIRS(float, float, n_in * 4, n_in * 4, n_in, dot_f32, dot2_generic_dot_f32);
+        MATMUL_PAIRS(float, float, ldw, n_in * 4, n_in, dot_f32, dot2_generic_dot_f32);
         break;
     case DL_TYPE_F16:
-        MATMUL_PAIRS(uint16_t, uint16_t, n_in * 2, n_in * 2, n_in, dot_f16, dot2_generic_dot_f16);
+        MATMUL_PAIRS(uint16_t, uint16_t, ldw, n_in * 2, n_in, dot_f16, dot2_generic_dot_f16);
         break;
     case DL_TYPE_BF16:
-        MATMUL_PAIRS(uint16_t, uint16_t, n_in * 2, n_in * 2, n_in, dot_bf16, dot2_generic_dot_bf16);
+        MATMUL_PAIRS(uint16_t, uint16_t, ldw, n_in * 2, n_in, dot_bf16, dot2_generic_dot_bf16);
         break;
 #ifdef DL_HAVE_DOTR
     case DL_TYPE_Q8_0:
-        MATMUL_ROWS(dotr_q8_0, n_in / QK * 34, n_in / QK);
+        MATMUL_ROWS(dotr_q8_0, ldw, n_in / QK);
         break;
     case DL_TYPE_Q4_0:
-        MATMUL_ROWS(dotr_q4_0, n_in / QK * 18, n_in / QK);
+        MATMUL_ROWS(dotr_q4_0, ldw, n_in / QK);
         break;
 #else
     case DL_TYPE_Q8_0:
-        MATMUL_PAIRS(block_q8_0, block_q8_0, n_in / QK * 34, n_in / QK * 34, n_in / QK, dot_q8_0, dot2_q8_0);
+        MATMUL_PAIRS(block_q8_0, block_q8_0, ldw, n_in / QK * 34, n_in / QK, dot_q8_0, dot2_q8_0);
         break;
     case DL_TYPE_Q4_0:
-        MATMUL_PAIRS(block_q4_0, block_q8_0, n_in / QK * 18, n_in / QK * 34, n_in / QK, dot_q4_0, dot2_q4_0);
+        MATMUL_PAIRS(block_q4_0, block_q8_0, ldw, n_in / QK * 34, n_in / QK, dot_q4_0, dot2_q4_0);
         break;
 #endif
     }

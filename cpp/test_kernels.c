@@ -103,8 +103,8 @@ static void test_matmul(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
                 fill(xf, n_tok * n_in, 1.0f);
                 void *x = make_activation(type, xf, n_tok * n_in, ref);
                 float *want = calloc((size_t)(n_tok * ldo), 4), *got = calloc((size_t)(n_tok * ldo), 4);
-                expect_ok(dl_matmul(want, ldo, w, type, x, n_in, r0, r1, n_tok, ref), "matmul (scalar)");
-                expect_ok(dl_matmul(got, ldo, w, type, x, n_in, r0, r1, n_tok, ctx), "matmul");
+                expect_ok(dl_matmul(want, ldo, w, 0, type, x, n_in, r0, r1, n_tok, ref), "matmul (scalar)");
+                expect_ok(dl_matmul(got, ldo, w, 0, type, x, n_in, r0, r1, n_tok, ctx), "matmul");
                 char what[64];
                 snprintf(what, sizeof what, "matmul type %d %lldx%lld", type, (long long)rows, (long long)n_in);
                 expect_close(what, vn, got, want, n_tok * ldo, 1e-5f);
@@ -187,9 +187,9 @@ int main(void) {
     }
     /* argument checks return codes, never crash */
     float out[4];
-    if (dl_matmul(out, 4, out, DL_TYPE_Q4_0, out, 33, 0, 1, 1, ref) != DL_E_SIZE) failures++;
-    if (dl_matmul(out, 4, out, 3, out, 32, 0, 1, 1, ref) != DL_E_TYPE) failures++;
-    if (dl_matmul(out, 4, NULL, DL_TYPE_F32, out, 4, 0, 1, 1, ref) != DL_E_NULL) failures++;
+    if (dl_matmul(out, 4, out, 0, DL_TYPE_Q4_0, out, 33, 0, 1, 1, ref) != DL_E_SIZE) failures++;
+    if (dl_matmul(out, 4, out, 0, 3, out, 32, 0, 1, 1, ref) != DL_E_TYPE) failures++;
+    if (dl_matmul(out, 4, NULL, 0, DL_TYPE_F32, out, 4, 0, 1, 1, ref) != DL_E_NULL) failures++;
     if (dl_ctx_create(1, 99) != NULL) failures++;
     dl_ctx_destroy(ref);
     checks += 4;

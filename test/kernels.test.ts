@@ -172,6 +172,32 @@ describe("matmul", () => {
     }
   }
 
+  for (const [type, name] of MATMUL_TYPES) {
+    test(`${name}: a column slice of a wider matrix (ldw) equals the same columns packed, every variant`, () => {
+      const rows = 37, full = 4096, c0 = 1024, width = 2048;
+      const quant = type === GGMLType.Q8_0 || type === GGMLType.Q4_0;
+      const fullW = weights(type, rows, full, 5);
+      const rowBytes = typeBytes(type, full), c0Bytes = typeBytes(type, c0), wBytes = typeBytes(type, width);
+      const packed = new Uint8Array(rows * wBytes);
+      for (let r = 0; r < rows; r++) packed.set(fullW.subarray(r * rowBytes + c0Bytes, r * rowBytes + c0Bytes + wBytes), r * wBytes);
+      const x = activation(type, rand(2 * width, 9));
+      const want = new Float32Array(2 * rows);
+      ts.matmul(want, rows, packed, type, x, width, 0, rows, 2);
+      const tsSlice = new Float32Array(2 * rows);
+      ts.matmul(tsSlice, rows, fullW.subarray(c0Bytes), type, x, width, 0, rows, 2, rowBytes);
+      expect(tsSlice).toEqual(want);
+      for (const v of supported) {
+        const k = native(v.index, 2);
+        const a = new Float32Array(2 * rows), b = new Float32Array(2 * rows);
+        k.matmul(a, rows, packed, type, x, width, 0, rows, 2);
+        k.matmul(b, rows, fullW.subarray(c0Bytes), type, x, width, 0, rows, 2, rowBytes);
+        expect(b).toEqual(a);
+        close(`${name} slice ${v.name}`, b, want, quant ? 1e-5 : 1e-5);
+      }
+      expect(() => native(info.defaultVariant, 1).matmul(want, rows, fullW, type, x, width, 0, rows, 2, wBytes - 1)).toThrow(/ldw/);
+    });
+  }
+
   test("rejects bad shapes with clear errors", () => {
     const k = native(info.defaultVariant, 2);
     const w = new Uint8Array(18 * 4);

@@ -22,7 +22,7 @@ const SYMBOLS = {
   dl_type_block_bytes: { args: [i32], returns: i64 },
   dl_type_activation: { args: [i32], returns: i32 },
   dl_split_range: { args: [ptr, i64, i64, i64], returns: i32 },
-  dl_matmul: { args: [ptr, i64, ptr, i32, ptr, i64, i64, i64, i64, ptr], returns: i32 },
+  dl_matmul: { args: [ptr, i64, ptr, i64, i32, ptr, i64, i64, i64, i64, ptr], returns: i32 },
   dl_rmsnorm: { args: [ptr, ptr, ptr, i64, i64, f32, ptr], returns: i32 },
   dl_softmax: { args: [ptr, ptr, i64, i64, ptr], returns: i32 },
   dl_silu: { args: [ptr, ptr, i64, ptr], returns: i32 },
@@ -42,7 +42,7 @@ const SYMBOLS = {
 } as const;
 
 /** Must equal DL_ABI_VERSION in cpp/dairllm.h. */
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 
 const ERRORS: Record<number, string> = {
   [-1]: "a required pointer is null",
@@ -168,13 +168,15 @@ export function createNativeKernels(threads: number, variant = -1): NativeKernel
     name: `native:${variantName}`,
     variant: variantName,
     threads: s.dl_ctx_threads(ctx),
-    matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number) {
+    matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number, ldw = 0) {
       if (nTok >= 1 && r1 > r0 && r0 >= 0 && ldo >= r1 - r0) {
+        const rowBytes = typeBytes(wtype, nIn);
+        if (ldw !== 0 && ldw < rowBytes) throw new Error(`native matmul: ldw ${ldw} is less than a row of ${rowBytes} bytes`);
         need("matmul", "out", out.byteLength, 4 * ((nTok - 1) * ldo + (r1 - r0)));
-        need("matmul", "w", w.byteLength, r1 * typeBytes(wtype, nIn));
+        need("matmul", "w", w.byteLength, (r1 - 1) * (ldw || rowBytes) + rowBytes);
         need("matmul", "x", x.byteLength, nTok * typeBytes(traits(wtype).activation, nIn));
       }
-      check("matmul", s.dl_matmul(out, ldo, w, wtype, x, nIn, r0, r1, nTok, ctx));
+      check("matmul", s.dl_matmul(out, ldo, w, ldw, wtype, x, nIn, r0, r1, nTok, ctx));
     },
     rmsnorm(out, x, w, n, nRows, eps) {
       need("rmsnorm", "out", out.byteLength, 4 * n * nRows);

@@ -214,9 +214,9 @@ function bitsOf(v: Float32Array): Uint32Array {
 
 // ---- matmul -----------------------------------------------------------------------------------
 
-function matmulF32(out: Float32Array, ldo: number, w: Float32Array, x: Float32Array, nIn: number, r0: number, r1: number, nTok: number): void {
+function matmulF32(out: Float32Array, ldo: number, w: Float32Array, ldw: number, x: Float32Array, nIn: number, r0: number, r1: number, nTok: number): void {
   for (let r = r0; r < r1; r++) {
-    const wo = r * nIn;
+    const wo = r * (ldw / 4);
     for (let t = 0; t < nTok; t++) {
       const xo = t * nIn;
       let s = 0;
@@ -227,9 +227,9 @@ function matmulF32(out: Float32Array, ldo: number, w: Float32Array, x: Float32Ar
 }
 
 /** F16 (table = fp16 table) or BF16 (table = bf16 table) rows against rows of the same type. */
-function matmulHalf(out: Float32Array, ldo: number, w: Uint16Array, x: Uint16Array, nIn: number, r0: number, r1: number, nTok: number, table: Float32Array): void {
+function matmulHalf(out: Float32Array, ldo: number, w: Uint16Array, ldw: number, x: Uint16Array, nIn: number, r0: number, r1: number, nTok: number, table: Float32Array): void {
   for (let r = r0; r < r1; r++) {
-    const wo = r * nIn;
+    const wo = r * (ldw / 2);
     for (let t = 0; t < nTok; t++) {
       const xo = t * nIn;
       let s = 0;
@@ -246,14 +246,14 @@ function q8Scales(xb: Uint8Array, nb: number, nTok: number, H: Float32Array): Fl
   return d;
 }
 
-function matmulQ8_0(out: Float32Array, ldo: number, w: Bytes, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void {
+function matmulQ8_0(out: Float32Array, ldo: number, w: Bytes, ldw: number, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void {
   const H = halfTable();
   const nb = nIn / QK;
   const rowBytes = nb * Q8_0_BYTES;
   const wb = u8(w), wq = i8(w), xb = u8(x), xq = i8(x);
   const xd = q8Scales(xb, nb, nTok, H);
   for (let r = r0; r < r1; r++) {
-    const wo = r * rowBytes;
+    const wo = r * ldw;
     for (let t = 0; t < nTok; t++) {
       let s = 0;
       let wp = wo;
@@ -271,15 +271,14 @@ function matmulQ8_0(out: Float32Array, ldo: number, w: Bytes, x: Bytes, nIn: num
   }
 }
 
-function matmulQ4_0(out: Float32Array, ldo: number, w: Bytes, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void {
+function matmulQ4_0(out: Float32Array, ldo: number, w: Bytes, ldw: number, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void {
   const H = halfTable();
   const nb = nIn / QK;
-  const rowBytes = nb * Q4_0_BYTES;
   const xRowBytes = nb * Q8_0_BYTES;
   const wb = u8(w), xb = u8(x), xq = i8(x);
   const xd = q8Scales(xb, nb, nTok, H);
   for (let r = r0; r < r1; r++) {
-    const wo = r * rowBytes;
+    const wo = r * ldw;
     for (let t = 0; t < nTok; t++) {
       let s = 0;
       let wp = wo;
@@ -305,7 +304,7 @@ function matmulQ4_0(out: Float32Array, ldo: number, w: Bytes, x: Bytes, nIn: num
 const GELU_C = fround(0.7978845608028654); // sqrt(2/pi)
 const GELU_A = fround(0.044715);
 
-function matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void {
+function matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number, ldw = 0): void {
   const K = "matmul";
   typed(K, "out", out, Float32Array);
   view(K, "w", w);
@@ -323,24 +322,27 @@ function matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: By
   if (nTok === 0) return;
   const rowBytes = (nIn / wt.blockValues) * wt.blockBytes;
   const xRowBytes = (nIn / xt.blockValues) * xt.blockBytes;
-  need(K, `w (${wt.name}, ${r1} rows of ${nIn})`, w.byteLength, r1 * rowBytes, "bytes");
+  int(K, "ldw", ldw, 0);
+  if (ldw === 0) ldw = rowBytes;
+  if (ldw < rowBytes || ldw % wt.blockBytes !== 0) fail(K, `ldw ${ldw} is not a row stride for rows of ${rowBytes} bytes`);
+  need(K, `w (${wt.name}, ${r1} rows of ${nIn})`, w.byteLength, (r1 - 1) * ldw + rowBytes, "bytes");
   need(K, `x (${xt.name}, ${nTok} rows of ${nIn})`, x.byteLength, nTok * xRowBytes, "bytes");
   need(K, "out", out.length, (nTok - 1) * ldo + (r1 - r0), "floats");
   switch (wtype as number) {
     case T_F32:
-      matmulF32(out, ldo, f32(w), f32(x), nIn, r0, r1, nTok);
+      matmulF32(out, ldo, f32(w), ldw, f32(x), nIn, r0, r1, nTok);
       break;
     case T_F16:
-      matmulHalf(out, ldo, u16(w), u16(x), nIn, r0, r1, nTok, halfTable());
+      matmulHalf(out, ldo, u16(w), ldw, u16(x), nIn, r0, r1, nTok, halfTable());
       break;
     case T_BF16:
-      matmulHalf(out, ldo, u16(w), u16(x), nIn, r0, r1, nTok, bf16Table());
+      matmulHalf(out, ldo, u16(w), ldw, u16(x), nIn, r0, r1, nTok, bf16Table());
       break;
     case T_Q8_0:
-      matmulQ8_0(out, ldo, w, x, nIn, r0, r1, nTok);
+      matmulQ8_0(out, ldo, w, ldw, x, nIn, r0, r1, nTok);
       break;
     case T_Q4_0:
-      matmulQ4_0(out, ldo, w, x, nIn, r0, r1, nTok);
+      matmulQ4_0(out, ldo, w, ldw, x, nIn, r0, r1, nTok);
       break;
   }
 }

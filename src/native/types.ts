@@ -54,8 +54,9 @@ export interface Kernels {
   /** "native:<variant>" or "typescript" */
   readonly name: string;
   readonly threads: number;
-  /** out[t*ldo + (r-r0)] = dot(row r of w, row t of x) for t < nTok, r0 <= r < r1 */
-  matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number): void;
+  /** out[t*ldo + (r-r0)] = dot(row r of w, row t of x) for t < nTok, r0 <= r < r1; row r of w starts
+   *  at byte r * ldw (ldw 0 or omitted: packed rows; larger: a column slice of a wider matrix) */
+  matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: Bytes, nIn: number, r0: number, r1: number, nTok: number, ldw?: number): void;
   rmsnorm(out: Float32Array, x: Float32Array, w: Float32Array | null, n: number, nRows: number, eps: number): void;
   softmax(out: Float32Array, x: Float32Array, n: number, nRows: number): void;
   silu(out: Float32Array, x: Float32Array, n: number): void;
