@@ -1,7 +1,7 @@
 // One node running a whole model: open a GGUF, generate text, evaluate logits and perplexity.
 import { readConfig, type ModelConfig } from "./model/config";
 import { GGUFFile } from "./model/gguf";
-import { KVCache, LlamaModel, loadWeights } from "./model/llama";
+import { LlamaModel, loadWeights } from "./model/llama";
 import { Sampler, type SamplerOptions } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { loadKernels } from "./native/index";
@@ -49,18 +49,18 @@ export interface GenerateStats {
   stop: "eog" | "length" | "context";
 }
 
-export function generate(e: Engine, o: GenerateOptions): GenerateStats {
+export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateStats> {
   const prompt = e.tokenizer.encode(o.prompt, { addSpecial: true, parseSpecial: true });
   if (prompt.length === 0) throw new Error("the prompt is empty and the model adds no BOS token: nothing to continue from");
   if (prompt.length >= o.ctx) throw new Error(`the prompt has ${prompt.length} tokens, which leaves no room in a context of ${o.ctx} (raise --ctx)`);
-  const cache = new KVCache(o.ctx, e.config, o.kv ?? GGMLType.F32);
+  const cache = e.model.newCache(o.ctx, o.kv ?? GGMLType.F32);
   const sampler = new Sampler(o.sampler);
   sampler.accept(prompt);
   const decoder = e.tokenizer.createDecoder();
   const generated: number[] = [];
 
   let t0 = performance.now();
-  let logits = e.model.forward(prompt, 0, cache);
+  let logits = await e.model.forward(prompt, 0, cache);
   const promptSeconds = (performance.now() - t0) / 1000;
   t0 = performance.now();
   let stop: GenerateStats["stop"] = "length";
@@ -76,16 +76,16 @@ export function generate(e: Engine, o: GenerateOptions): GenerateStats {
       stop = "context";
       break;
     }
-    if (generated.length < o.maxTokens) logits = e.model.forward([next], pos, cache);
+    if (generated.length < o.maxTokens) logits = await e.model.forward([next], pos, cache);
   }
   o.onText(decoder.flush());
   return { promptTokens: prompt.length, generated, promptSeconds, decodeSeconds: (performance.now() - t0) / 1000, stop };
 }
 
 /** Logits of every position of `tokens`, evaluated as one batch: [n_tokens x n_vocab]. */
-export function evaluateLogits(e: Engine, tokens: number[]): Float32Array {
+export async function evaluateLogits(e: Engine, tokens: number[]): Promise<Float32Array> {
   if (tokens.length === 0) throw new Error("no tokens to evaluate");
-  return e.model.forward(tokens, 0, new KVCache(tokens.length, e.config), true);
+  return e.model.forward(tokens, 0, e.model.newCache(tokens.length), true);
 }
 
 export interface PerplexityResult {
@@ -99,18 +99,18 @@ export interface PerplexityResult {
  * llama.cpp's llama-perplexity method: the text tokenized with BOS, cut into chunks of `ctx` tokens,
  * each chunk's first token replaced by BOS, and only the second half of each chunk scored.
  */
-export function perplexity(e: Engine, text: string, ctx: number, onChunk?: (i: number, n: number, ppl: number) => void): PerplexityResult {
+export async function perplexity(e: Engine, text: string, ctx: number, onChunk?: (i: number, n: number, ppl: number) => void): Promise<PerplexityResult> {
   const tokens = e.tokenizer.encode(text, { addSpecial: true, parseSpecial: false });
   const chunks = Math.floor(tokens.length / ctx);
   if (chunks < 1) throw new Error(`the text has ${tokens.length} tokens, fewer than one chunk of ${ctx} (use a longer text or a smaller --ctx)`);
-  const cache = new KVCache(ctx, e.config);
+  const cache = e.model.newCache(ctx);
   const first = Math.floor(ctx / 2);
   const V = e.config.vocabSize;
   let nll = 0, nll2 = 0, count = 0;
   for (let c = 0; c < chunks; c++) {
     const chunk = tokens.slice(c * ctx, (c + 1) * ctx);
     if (e.tokenizer.addBos && e.tokenizer.bos >= 0) chunk[0] = e.tokenizer.bos;
-    const logits = e.model.forward(chunk, 0, cache, true);
+    const logits = await e.model.forward(chunk, 0, cache, true);
     for (let j = first; j < ctx - 1; j++) {
       const row = logits.subarray(j * V, (j + 1) * V);
       let max = -Infinity;

@@ -4,6 +4,7 @@ import { type FlagSpec, formatHelp, parseArgs, type ParsedFlags, UsageError } fr
 import { evaluateLogits, generate, openEngine, perplexity } from "./engine";
 import { GGUFError, GGUFFile, ggmlTypeName } from "./model/gguf";
 import { readConfig } from "./model/config";
+import { fileIdentity, progressBar } from "./cluster/storage";
 import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
@@ -35,6 +36,7 @@ const USAGE = `dairllm-worker ${pkg.version}: run large language models on small
 usage:
   dairllm-worker --root --model M.gguf --prompt TEXT [options]   generate text
   dairllm-worker inspect M.gguf                                   architecture, dims, tensor types and sizes
+  dairllm-worker verify M.gguf [--full]                           size and MD5 checksums (the cluster's file identity)
   dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
   dairllm-worker logits --model M.gguf --tokens 1,5,7 --out F     all positions' logits, raw float32
   dairllm-worker perplexity --model M.gguf --file T.txt [--ctx N] PPL by llama.cpp's method
@@ -63,6 +65,8 @@ async function run(argv: string[]): Promise<number> {
   switch (cmd) {
     case "inspect":
       return inspect(rest);
+    case "verify":
+      return verify(rest);
     case "tokenize":
       return tokenize(rest);
     case "logits":
@@ -79,7 +83,7 @@ async function run(argv: string[]): Promise<number> {
     console.log(`dairllm-worker ${pkg.version} (bun ${Bun.version}, ${process.platform}-${process.arch})`);
     return 0;
   }
-  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: inspect, tokenize, logits, perplexity; or --root)`);
+  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: inspect, verify, tokenize, logits, perplexity; or --root)`);
   if (!flags.root) throw new UsageError("nothing to do: pass --root to generate (cluster workers are not available yet), or a command; see --help");
   const path = need(flags, "model", "the GGUF file to run");
   const prompt = need(flags, "prompt", "the text to continue");
@@ -89,7 +93,7 @@ async function run(argv: string[]): Promise<number> {
   const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
   const ctx = (flags.ctx as number | undefined) ?? defaultCtx(e.config.contextLength);
   process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}\n`);
-  const stats = generate(e, {
+  const stats = await generate(e, {
     prompt,
     maxTokens: (flags["n-predict"] as number | undefined) ?? 128,
     ctx,
@@ -147,6 +151,20 @@ function inspect(argv: string[]): number {
   return 0;
 }
 
+async function verify(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, [{ name: "full", type: "bool", help: "" }, { name: "help", short: "h", type: "bool", help: "" }]);
+  if (flags.help || positional.length !== 1) {
+    if (!flags.help) throw new UsageError("verify takes one file: dairllm-worker verify M.gguf [--full]");
+    console.log("usage: dairllm-worker verify M.gguf [--full]\n  prints the size and the fast (sampled) MD5; --full also reads the whole file for its MD5");
+    return 0;
+  }
+  const id = await fileIdentity(positional[0]!, { full: !!flags.full, onProgress: progressBar("full md5") });
+  const lines = [`file:      ${id.path}`, `size:      ${id.size} bytes (${(id.size / 2 ** 20).toFixed(2)} MiB)`, `fast md5:  ${id.fastMd5}`];
+  if (id.fullMd5) lines.push(`full md5:  ${id.fullMd5}`);
+  console.log(lines.join("\n"));
+  return 0;
+}
+
 function tokenize(argv: string[]): number {
   const { flags, positional } = parseArgs(argv, [MODEL, { name: "no-bos", type: "bool", help: "" }, { name: "file", short: "f", type: "string", help: "" }]);
   const path = need(flags, "model", "the GGUF file whose tokenizer to use");
@@ -170,7 +188,7 @@ async function logits(argv: string[]): Promise<number> {
     return v;
   });
   const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
-  const l = evaluateLogits(e, tokens);
+  const l = await evaluateLogits(e, tokens);
   writeFileSync(out, new Uint8Array(l.buffer, l.byteOffset, l.byteLength));
   process.stderr.write(`wrote ${tokens.length} x ${e.config.vocabSize} float32 logits to ${out}\n`);
   return 0;
@@ -183,7 +201,7 @@ async function ppl(argv: string[]): Promise<number> {
   const text = readText(need(flags, "file", "the text to score"));
   const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
   const ctx = (flags.ctx as number | undefined) ?? Math.min(e.config.contextLength, 512);
-  const r = perplexity(e, text, ctx, (i, n, p) => process.stderr.write(`\rchunk ${i}/${n}: running PPL ${p.toFixed(4)}`));
+  const r = await perplexity(e, text, ctx, (i, n, p) => process.stderr.write(`\rchunk ${i}/${n}: running PPL ${p.toFixed(4)}`));
   process.stderr.write("\n");
   console.log(`PPL = ${r.ppl.toFixed(4)} +/- ${r.err.toFixed(5)}`);
   process.stderr.write(`${r.chunks} chunks of ${ctx} tokens, ${r.scored} tokens scored\n`);

@@ -40,7 +40,7 @@ function argmax(v: Float32Array): number {
 
 async function check(name: string, k: Kernels) {
   const { c, model, ref, want } = await load(name, k);
-  const got = model.forward(ref.tokens, 0, new KVCache(c.contextLength, c), true);
+  const got = await model.forward(ref.tokens, 0, new KVCache(c.contextLength, c), true);
   expect(got.length).toBe(want.length);
   let max = 0, sq = 0;
   for (let i = 0; i < want.length; i++) {
@@ -57,12 +57,12 @@ async function check(name: string, k: Kernels) {
 
   // greedy: the prompt as one batch, then one token at a time through the cache
   const cache = new KVCache(c.contextLength, c);
-  let logits = model.forward(ref.greedy.prompt, 0, cache);
+  let logits = await model.forward(ref.greedy.prompt, 0, cache);
   const generated: number[] = [];
   for (let pos = ref.greedy.prompt.length; generated.length < ref.greedy.generated.length; pos++) {
     const next = argmax(logits);
     generated.push(next);
-    logits = model.forward([next], pos, cache);
+    logits = await model.forward([next], pos, cache);
   }
   expect(generated).toEqual(ref.greedy.generated);
 }
@@ -78,19 +78,19 @@ describe("llama.cpp agreement (TypeScript kernels)", () => {
 test("a token outside the vocabulary and a position past the context are refused", async () => {
   const { c, model } = await load("tiny-f32", native);
   const cache = new KVCache(c.contextLength, c);
-  expect(() => model.forward([c.vocabSize], 0, cache)).toThrow(/token id 512 is outside the vocabulary/);
-  expect(() => model.forward([1, 2], c.contextLength - 1, cache)).toThrow(/exceed the context of 128/);
+  await expect(model.forward([c.vocabSize], 0, cache)).rejects.toThrow(/token id 512 is outside the vocabulary/);
+  await expect(model.forward([1, 2], c.contextLength - 1, cache)).rejects.toThrow(/exceed the context of 128/);
 });
 
 test("an F16 KV cache gives the same greedy continuation (tiny-f32, mini-q4_0)", async () => {
   for (const name of ["tiny-f32", "mini-q4_0"]) {
     const { c, model, ref } = await load(name, native);
     const cache = new KVCache(c.contextLength, c, GGMLType.F16);
-    let logits = model.forward(ref.greedy.prompt, 0, cache);
+    let logits = await model.forward(ref.greedy.prompt, 0, cache);
     const generated: number[] = [];
     for (let pos = ref.greedy.prompt.length; generated.length < 32; pos++) {
       generated.push(argmax(logits));
-      logits = model.forward([generated.at(-1)!], pos, cache);
+      logits = await model.forward([generated.at(-1)!], pos, cache);
     }
     expect(generated).toEqual(ref.greedy.generated);
   }

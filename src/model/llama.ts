@@ -153,55 +153,115 @@ class Activation {
   }
 }
 
-/** Scratch for a batch of up to `cap` tokens. */
+/** A row range of a matrix, or a column range computed in place with a row stride (ldw). */
+function rows(m: Matrix, start: number, end: number): Matrix {
+  const rowBytes = typeBytes(m.type, m.nIn);
+  return { name: m.name, type: m.type, nIn: m.nIn, nOut: end - start, data: m.data.subarray(start * rowBytes, end * rowBytes) };
+}
+
+interface ColumnSlice extends Matrix {
+  readonly ldw: number; // bytes between rows of the full matrix
+}
+
+function columns(m: Matrix, start: number, end: number): ColumnSlice {
+  const rowBytes = typeBytes(m.type, m.nIn);
+  const at = typeBytes(m.type, start);
+  return { name: m.name, type: m.type, nIn: end - start, nOut: m.nOut, data: m.data.subarray(at, (m.nOut - 1) * rowBytes + at + typeBytes(m.type, end - start)), ldw: rowBytes };
+}
+
+/** One layer's weights as one node sees them: only its slices (zero-copy views). */
+interface LayerSlice {
+  attnNorm: Float32Array; //   (dim)
+  wq: Matrix; //               rows of this node's query heads      (dim -> heads * head_dim)
+  wk: Matrix; //               rows of its KV heads                 (dim -> kv_heads * head_dim)
+  wv: Matrix;
+  bq: Float32Array | null;
+  bk: Float32Array | null;
+  bv: Float32Array | null;
+  qNorm: Float32Array | null;
+  kNorm: Float32Array | null;
+  wo: ColumnSlice; //          columns of its query heads           (heads * head_dim -> dim), partial sums
+  ffnNorm: Float32Array;
+  wGate: Matrix; //            rows of its feed-forward units       (dim -> ffn)
+  wUp: Matrix;
+  wDown: ColumnSlice; //       columns of its feed-forward units    (ffn -> dim), partial sums
+}
+
+export function sliceLayer(L: LayerWeights, c: ModelConfig, s: Slice): LayerSlice {
+  const hd = c.headDim;
+  const [q0, q1] = [s.heads.start * hd, s.heads.end * hd];
+  const [k0, k1] = [s.kvHeads.start * hd, s.kvHeads.end * hd];
+  return {
+    attnNorm: L.attnNorm,
+    wq: rows(L.wq, q0, q1),
+    wk: rows(L.wk, k0, k1),
+    wv: rows(L.wv, k0, k1),
+    bq: L.bq && L.bq.subarray(q0, q1),
+    bk: L.bk && L.bk.subarray(k0, k1),
+    bv: L.bv && L.bv.subarray(k0, k1),
+    qNorm: L.qNorm,
+    kNorm: L.kNorm,
+    wo: columns(L.wo, q0, q1),
+    ffnNorm: L.ffnNorm,
+    wGate: rows(L.wGate, s.ffn.start, s.ffn.end),
+    wUp: rows(L.wUp, s.ffn.start, s.ffn.end),
+    wDown: columns(L.wDown, s.ffn.start, s.ffn.end),
+  };
+}
+
+/** The part of a model one node computes: nodes of a cluster sum each other's partial outputs. */
+export interface Slice {
+  readonly kvHeads: { readonly start: number; readonly end: number };
+  readonly heads: { readonly start: number; readonly end: number };
+  readonly ffn: { readonly start: number; readonly end: number };
+}
+
+/** Scratch for a batch of up to `cap` tokens of one slice. */
 class Scratch {
-  x: Float32Array; //     (cap, dim)        the residual stream
-  h: Float32Array; //     (cap, dim)        normalised input of a block
-  q: Float32Array; //     (cap, n_heads * head_dim)
-  k: Float32Array; //     (cap, n_kv_heads * head_dim)
-  v: Float32Array; //     (cap, n_kv_heads * head_dim)
-  att: Float32Array; //   (cap, n_heads * head_dim)
-  proj: Float32Array; //  (cap, dim)
-  gate: Float32Array; //  (cap, hidden)
-  up: Float32Array; //    (cap, hidden)
+  q: Float32Array; //     (cap, slice heads * head_dim)
+  k: Float32Array; //     (cap, slice kv heads * head_dim)
+  v: Float32Array; //     (cap, slice kv heads * head_dim)
+  att: Float32Array; //   (cap, slice heads * head_dim)
+  gate: Float32Array; //  (cap, slice ffn)
+  up: Float32Array; //    (cap, slice ffn)
   pos: Int32Array; //     (cap)
   constructor(
     readonly cap: number,
-    c: ModelConfig,
+    qDim: number,
+    kvDim: number,
+    ffn: number,
   ) {
-    const q = c.nHeads * c.headDim, kv = c.nKvHeads * c.headDim;
-    this.x = new Float32Array(cap * c.dim);
-    this.h = new Float32Array(cap * c.dim);
-    this.q = new Float32Array(cap * q);
-    this.k = new Float32Array(cap * kv);
-    this.v = new Float32Array(cap * kv);
-    this.att = new Float32Array(cap * q);
-    this.proj = new Float32Array(cap * c.dim);
-    this.gate = new Float32Array(cap * c.hiddenDim);
-    this.up = new Float32Array(cap * c.hiddenDim);
+    this.q = new Float32Array(cap * qDim);
+    this.k = new Float32Array(cap * kvDim);
+    this.v = new Float32Array(cap * kvDim);
+    this.att = new Float32Array(cap * qDim);
+    this.gate = new Float32Array(cap * ffn);
+    this.up = new Float32Array(cap * ffn);
     this.pos = new Int32Array(cap);
   }
 }
 
-/** The KV cache: per layer, one row of n_kv_heads * head_dim per position, F32 or F16. */
+/** The KV cache of a slice's KV heads: per layer, one row per position, F32 or F16. */
 export class KVCache {
   readonly k: (Float32Array | Uint16Array)[];
   readonly v: (Float32Array | Uint16Array)[];
+  readonly rowSize: number;
   constructor(
     readonly nCtx: number,
     c: ModelConfig,
     readonly type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32,
+    kvHeads = c.nKvHeads,
   ) {
-    const row = c.nKvHeads * c.headDim;
-    const make = () => (type === GGMLType.F16 ? new Uint16Array(nCtx * row) : new Float32Array(nCtx * row));
+    this.rowSize = kvHeads * c.headDim;
+    const make = () => (type === GGMLType.F16 ? new Uint16Array(nCtx * this.rowSize) : new Float32Array(nCtx * this.rowSize));
     this.k = Array.from({ length: c.nLayers }, make);
     this.v = Array.from({ length: c.nLayers }, make);
   }
 
-  /** Stores n rows of keys and values at positions pos0.. of layer l. */
+  /** Stores `count` values of keys and values at positions pos0.. of layer l. */
   store(k: Kernels, l: number, pos0: number, keys: Float32Array, values: Float32Array, count: number): void {
     const [kc, vc] = [this.k[l]!, this.v[l]!];
-    const at = pos0 * (kc.length / this.nCtx);
+    const at = pos0 * this.rowSize;
     if (kc instanceof Float32Array) {
       kc.set(keys.subarray(0, count), at);
       (vc as Float32Array).set(values.subarray(0, count), at);
@@ -212,23 +272,121 @@ export class KVCache {
   }
 }
 
-export class LlamaModel {
+/**
+ * What one node computes of each layer: given the normalised input of a block, the block's output
+ * restricted to its slice (partial sums over its heads or feed-forward units). On one node holding the
+ * whole model, these are the layer's full attention and feed-forward outputs.
+ */
+export class SliceCompute {
+  readonly layers: LayerSlice[];
+  readonly qDim: number;
+  readonly kvDim: number;
+  readonly ffnDim: number;
   private scratch: Scratch;
   private readonly act: Activation;
   private readonly act2: Activation;
 
   constructor(
     readonly config: ModelConfig,
-    readonly weights: Weights,
+    weights: Weights,
     readonly k: Kernels,
+    readonly slice: Slice,
   ) {
-    this.scratch = new Scratch(1, config);
+    this.layers = weights.layers.map((L) => sliceLayer(L, config, slice));
+    this.qDim = (slice.heads.end - slice.heads.start) * config.headDim;
+    this.kvDim = (slice.kvHeads.end - slice.kvHeads.start) * config.headDim;
+    this.ffnDim = slice.ffn.end - slice.ffn.start;
+    this.scratch = new Scratch(1, this.qDim, this.kvDim, this.ffnDim);
     this.act = new Activation(k);
     this.act2 = new Activation(k);
+    this.ropeFreqs = weights.ropeFreqs;
+  }
+  private readonly ropeFreqs: Float32Array;
+
+  newCache(nCtx: number, type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32): KVCache {
+    return new KVCache(nCtx, this.config, type, this.slice.kvHeads.end - this.slice.kvHeads.start);
   }
 
-  private matmul(out: Float32Array, w: Matrix, act: Activation, nTok: number): void {
-    this.k.matmul(out, w.nOut, w.data, w.type, act.as(w.type), w.nIn, 0, w.nOut, nTok);
+  private ensure(n: number): Scratch {
+    if (this.scratch.cap < n) this.scratch = new Scratch(n, this.qDim, this.kvDim, this.ffnDim);
+    return this.scratch;
+  }
+
+  private matmul(out: Float32Array, w: Matrix | ColumnSlice, act: Activation, nTok: number): void {
+    this.k.matmul(out, w.nOut, w.data, w.type, act.as(w.type), w.nIn, 0, w.nOut, nTok, "ldw" in w ? w.ldw : 0);
+  }
+
+  /** out (n, dim) = this slice's part of layer l's attention output for the normalised input h (n, dim). */
+  attention(l: number, h: Float32Array, n: number, pos0: number, cache: KVCache, out: Float32Array): void {
+    const c = this.config, k = this.k, L = this.layers[l]!, s = this.ensure(n);
+    const heads = this.slice.heads.end - this.slice.heads.start, kvHeads = this.slice.kvHeads.end - this.slice.kvHeads.start;
+    if (pos0 < 0 || pos0 + n > cache.nCtx) throw new Error(`positions ${pos0}..${pos0 + n - 1} exceed the context of ${cache.nCtx}`);
+    for (let i = 0; i < n; i++) s.pos[i] = pos0 + i;
+    const pos = s.pos.subarray(0, n);
+    const { qDim, kvDim } = this;
+    this.act.set(h, n * c.dim);
+    this.matmul(s.q, L.wq, this.act, n);
+    this.matmul(s.k, L.wk, this.act, n);
+    this.matmul(s.v, L.wv, this.act, n);
+    if (L.bq) for (let i = 0; i < n; i++) k.add(s.q.subarray(i * qDim), s.q.subarray(i * qDim), L.bq, qDim);
+    if (L.bk) for (let i = 0; i < n; i++) k.add(s.k.subarray(i * kvDim), s.k.subarray(i * kvDim), L.bk, kvDim);
+    if (L.bv) for (let i = 0; i < n; i++) k.add(s.v.subarray(i * kvDim), s.v.subarray(i * kvDim), L.bv, kvDim);
+    if (L.qNorm) k.rmsnorm(s.q, s.q, L.qNorm, c.headDim, n * heads, c.rmsEps);
+    if (L.kNorm) k.rmsnorm(s.k, s.k, L.kNorm, c.headDim, n * kvHeads, c.rmsEps);
+    k.rope(s.q, s.q, pos, this.ropeFreqs, n, heads, c.headDim, c.nRot, c.ropeMode);
+    k.rope(s.k, s.k, pos, this.ropeFreqs, n, kvHeads, c.headDim, c.nRot, c.ropeMode);
+    cache.store(k, l, pos0, s.k, s.v, n * kvDim);
+    k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, cache.type, pos, n, heads, kvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
+    this.matmul(out, L.wo, this.act2.set(s.att, n * qDim), n);
+  }
+
+  /** out (n, dim) = this slice's part of layer l's feed-forward output for the normalised input h. */
+  feedForward(l: number, h: Float32Array, n: number, out: Float32Array): void {
+    const L = this.layers[l]!, s = this.ensure(n);
+    this.act.set(h, n * this.config.dim);
+    this.matmul(s.gate, L.wGate, this.act, n);
+    this.matmul(s.up, L.wUp, this.act, n);
+    this.k.swiglu(s.gate, s.gate, s.up, n * this.ffnDim);
+    this.matmul(out, L.wDown, this.act2.set(s.gate, n * this.ffnDim), n);
+  }
+}
+
+export const enum Phase {
+  Attention = 0,
+  FeedForward = 1,
+}
+
+/**
+ * The other nodes of a cluster, seen from the root: `send` gives them a block's normalised input,
+ * `gather` adds their partial outputs into the root's own. Absent on a single node.
+ */
+export interface Peers {
+  begin(pos0: number, n: number): void;
+  send(layer: number, phase: Phase, h: Float32Array, n: number): void;
+  gather(layer: number, phase: Phase, into: Float32Array, n: number): Promise<void>;
+}
+
+/** The root's view of the model: embeddings, the residual stream, norms and logits, plus its slice. */
+export class LlamaModel {
+  readonly local: SliceCompute;
+  private x = new Float32Array(0); //     (cap, dim)   the residual stream
+  private h = new Float32Array(0); //     (cap, dim)   normalised input of a block
+  private part = new Float32Array(0); //  (cap, dim)   a block's output (summed over nodes)
+  private readonly act: Activation;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: Weights,
+    readonly k: Kernels,
+    slice: Slice = { kvHeads: { start: 0, end: config.nKvHeads }, heads: { start: 0, end: config.nHeads }, ffn: { start: 0, end: config.hiddenDim } },
+    readonly peers: Peers | null = null,
+  ) {
+    this.local = new SliceCompute(config, weights, k, slice);
+    this.act = new Activation(k);
+  }
+
+  newCache(nCtx: number, type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32): KVCache {
+    return this.local.newCache(nCtx, type);
   }
 
   /**
@@ -236,61 +394,47 @@ export class LlamaModel {
    * positions. Returns the logits (vocab floats per row) of the last token, or of every token when
    * `allLogits` is set.
    */
-  forward(tokens: ArrayLike<number>, pos0: number, cache: KVCache, allLogits = false): Float32Array {
-    const c = this.config, w = this.weights, k = this.k;
+  async forward(tokens: ArrayLike<number>, pos0: number, cache: KVCache, allLogits = false): Promise<Float32Array> {
+    const c = this.config, w = this.weights, k = this.k, peers = this.peers;
     const n = tokens.length;
     if (n < 1) throw new Error("forward: no tokens");
     if (pos0 < 0 || pos0 + n > cache.nCtx) throw new Error(`forward: positions ${pos0}..${pos0 + n - 1} exceed the context of ${cache.nCtx}`);
-    if (this.scratch.cap < n) this.scratch = new Scratch(n, c);
-    const s = this.scratch;
-    const qDim = c.nHeads * c.headDim, kvDim = c.nKvHeads * c.headDim;
-    for (let i = 0; i < n; i++) s.pos[i] = pos0 + i;
-    const pos = s.pos.subarray(0, n);
+    if (this.x.length < n * c.dim) [this.x, this.h, this.part] = [0, 0, 0].map(() => new Float32Array(n * c.dim)) as [Float32Array, Float32Array, Float32Array];
+    const { x, h, part } = this;
 
     // token embeddings: rows of token_embd, dequantised
     const embRow = typeBytes(w.tokenEmbd.type, c.dim);
     for (let i = 0; i < n; i++) {
       const t = tokens[i]!;
       if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`forward: token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
-      k.dequantize(s.x.subarray(i * c.dim, (i + 1) * c.dim), w.tokenEmbd.data.subarray(t * embRow, (t + 1) * embRow), w.tokenEmbd.type, c.dim);
+      k.dequantize(x.subarray(i * c.dim, (i + 1) * c.dim), w.tokenEmbd.data.subarray(t * embRow, (t + 1) * embRow), w.tokenEmbd.type, c.dim);
     }
+    peers?.begin(pos0, n);
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l]!;
-      // attention
-      k.rmsnorm(s.h, s.x, L.attnNorm, c.dim, n, c.rmsEps);
-      this.act.set(s.h, n * c.dim);
-      this.matmul(s.q, L.wq, this.act, n);
-      this.matmul(s.k, L.wk, this.act, n);
-      this.matmul(s.v, L.wv, this.act, n);
-      if (L.bq) for (let i = 0; i < n; i++) k.add(s.q.subarray(i * qDim), s.q.subarray(i * qDim), L.bq, qDim);
-      if (L.bk) for (let i = 0; i < n; i++) k.add(s.k.subarray(i * kvDim), s.k.subarray(i * kvDim), L.bk, kvDim);
-      if (L.bv) for (let i = 0; i < n; i++) k.add(s.v.subarray(i * kvDim), s.v.subarray(i * kvDim), L.bv, kvDim);
-      if (L.qNorm) k.rmsnorm(s.q, s.q, L.qNorm, c.headDim, n * c.nHeads, c.rmsEps);
-      if (L.kNorm) k.rmsnorm(s.k, s.k, L.kNorm, c.headDim, n * c.nKvHeads, c.rmsEps);
-      k.rope(s.q, s.q, pos, w.ropeFreqs, n, c.nHeads, c.headDim, c.nRot, c.ropeMode);
-      k.rope(s.k, s.k, pos, w.ropeFreqs, n, c.nKvHeads, c.headDim, c.nRot, c.ropeMode);
-      cache.store(k, l, pos0, s.k, s.v, n * kvDim);
-      k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, cache.type, pos, n, c.nHeads, c.nKvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
-      this.matmul(s.proj, L.wo, this.act2.set(s.att, n * qDim), n);
-      k.add(s.x, s.x, s.proj, n * c.dim);
+      // attention: x += sum over nodes of Wo[:, slice] . attention(slice heads)
+      k.rmsnorm(h, x, L.attnNorm, c.dim, n, c.rmsEps);
+      peers?.send(l, Phase.Attention, h, n);
+      this.local.attention(l, h, n, pos0, cache, part);
+      if (peers) await peers.gather(l, Phase.Attention, part, n);
+      k.add(x, x, part, n * c.dim);
 
-      // feed-forward
-      k.rmsnorm(s.h, s.x, L.ffnNorm, c.dim, n, c.rmsEps);
-      this.act.set(s.h, n * c.dim);
-      this.matmul(s.gate, L.wGate, this.act, n);
-      this.matmul(s.up, L.wUp, this.act, n);
-      k.swiglu(s.gate, s.gate, s.up, n * c.hiddenDim);
-      this.matmul(s.proj, L.wDown, this.act2.set(s.gate, n * c.hiddenDim), n);
-      k.add(s.x, s.x, s.proj, n * c.dim);
+      // feed-forward: x += sum over nodes of Wdown[:, slice] . (silu(Wgate[slice] h) * Wup[slice] h)
+      k.rmsnorm(h, x, L.ffnNorm, c.dim, n, c.rmsEps);
+      peers?.send(l, Phase.FeedForward, h, n);
+      this.local.feedForward(l, h, n, part);
+      if (peers) await peers.gather(l, Phase.FeedForward, part, n);
+      k.add(x, x, part, n * c.dim);
     }
 
     // logits of the last token, or of all of them
     const first = allLogits ? 0 : n - 1;
-    const rows = n - first;
-    k.rmsnorm(s.h, s.x.subarray(first * c.dim), w.outputNorm, c.dim, rows, c.rmsEps);
-    const logits = new Float32Array(rows * c.vocabSize);
-    this.matmul(logits, w.output, this.act.set(s.h, rows * c.dim), rows);
+    const count = n - first;
+    k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
+    const logits = new Float32Array(count * c.vocabSize);
+    const out = w.output;
+    k.matmul(logits, out.nOut, out.data, out.type, this.act.set(h, count * c.dim).as(out.type), out.nIn, 0, out.nOut, count);
     return logits;
   }
 }
