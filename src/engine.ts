@@ -6,6 +6,11 @@ import { Sampler, type SamplerOptions } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { loadKernels } from "./native/index";
 import { GGMLType, type Kernels } from "./native/types";
+import { partition } from "./cluster/partition";
+import { ClusterPeers } from "./cluster/root";
+import { fileIdentity } from "./cluster/storage";
+import { alignmentOf } from "./cluster/worker";
+import type { WireType } from "./cluster/protocol";
 
 export interface Engine {
   readonly path: string;
@@ -15,19 +20,50 @@ export interface Engine {
   readonly tokenizer: Tokenizer;
   readonly kernels: Kernels;
   readonly loadSeconds: number;
+  /** the workers, when the model runs on a cluster */
+  readonly peers: ClusterPeers | null;
+  close(): void;
 }
 
-export async function openEngine(path: string, threads: number): Promise<Engine> {
+export interface EngineOptions {
+  threads: number;
+  /** host:port of each worker; none = this node computes everything */
+  workers?: string[];
+  wire?: WireType;
+  secret?: string;
+  /** context size and KV cache type: the workers allocate their caches at connection time */
+  ctx?: number;
+  kv?: GGMLType.F32 | GGMLType.F16;
+}
+
+export async function openEngine(path: string, o: EngineOptions): Promise<Engine> {
   const t0 = performance.now();
   const gguf = GGUFFile.open(path);
   const config = readConfig(gguf);
-  const kernels = await loadKernels({ threads });
-  const model = new LlamaModel(config, loadWeights(gguf, config), kernels);
+  const kernels = await loadKernels({ threads: o.threads });
+  const weights = loadWeights(gguf, config);
   const tokenizer = Tokenizer.fromGGUF(gguf);
   if (tokenizer.vocabSize !== config.vocabSize) {
     throw new Error(`${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model ${config.vocabSize}`);
   }
-  return { path, gguf, config, model, tokenizer, kernels, loadSeconds: (performance.now() - t0) / 1000 };
+  let peers: ClusterPeers | null = null;
+  let model: LlamaModel;
+  if (o.workers?.length) {
+    const slices = partition(config, o.workers.length + 1, alignmentOf(weights));
+    const identity = await fileIdentity(path);
+    peers = await ClusterPeers.connect(gguf, config, identity, slices, kernels, {
+      workers: o.workers,
+      secret: o.secret,
+      wire: o.wire ?? GGMLType.Q8_0,
+      nCtx: o.ctx ?? Math.min(config.contextLength, 4096),
+      kvType: o.kv ?? GGMLType.F32,
+    });
+    model = new LlamaModel(config, weights, kernels, slices[0]!, peers);
+  } else {
+    model = new LlamaModel(config, weights, kernels);
+  }
+  const p = peers;
+  return { path, gguf, config, model, tokenizer, kernels, peers, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
 }
 
 export interface GenerateOptions {

@@ -8,10 +8,17 @@ import { fileIdentity, progressBar } from "./cluster/storage";
 import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
+import { startWorker } from "./cluster/worker";
+import type { WireType } from "./cluster/protocol";
 import pkg from "../package.json";
 
 const THREADS: FlagSpec = { name: "threads", short: "t", type: "int", value: "N", min: 1, max: 256, help: `native threads (default: ${navigator.hardwareConcurrency}, the cores of this machine)` };
 const MODEL: FlagSpec = { name: "model", short: "m", type: "string", value: "FILE", help: "the GGUF model file" };
+const CLUSTER_FLAGS: FlagSpec[] = [
+  { name: "workers", short: "w", type: "string", value: "H:P,...", help: "workers to share the model with (host:port, comma-separated); each maps its own copy of the model file" },
+  { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
+  { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
+];
 
 const RUN_FLAGS: FlagSpec[] = [
   { name: "root", type: "bool", help: "run the model here (the root node; with no workers it computes everything)" },
@@ -27,6 +34,9 @@ const RUN_FLAGS: FlagSpec[] = [
   THREADS,
   { name: "ctx", short: "c", type: "int", value: "N", min: 8, help: "context size in tokens (default: the model's, at most 4096)" },
   { name: "kv", type: "string", value: "f32|f16", help: "KV cache type (default f32; f16 halves its memory)" },
+  ...CLUSTER_FLAGS,
+  { name: "port", type: "int", value: "N", min: 1, max: 65535, help: "worker mode (without --root): listen on this port (default 9998)" },
+  { name: "host", type: "string", value: "ADDR", help: "worker mode: the address to listen on (default 0.0.0.0)" },
   { name: "help", short: "h", type: "bool", help: "show this help" },
   { name: "version", short: "v", type: "bool", help: "print the version" },
 ];
@@ -34,7 +44,8 @@ const RUN_FLAGS: FlagSpec[] = [
 const USAGE = `dairllm-worker ${pkg.version}: run large language models on small machines
 
 usage:
-  dairllm-worker --root --model M.gguf --prompt TEXT [options]   generate text
+  dairllm-worker --root --model M.gguf --prompt TEXT [options]   generate text (with --workers: on a cluster)
+  dairllm-worker --port 9998 --model M.gguf [--secret S]          be a worker for a root
   dairllm-worker inspect M.gguf                                   architecture, dims, tensor types and sizes
   dairllm-worker verify M.gguf [--full]                           size and MD5 checksums (the cluster's file identity)
   dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
@@ -84,15 +95,19 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: inspect, verify, tokenize, logits, perplexity; or --root)`);
-  if (!flags.root) throw new UsageError("nothing to do: pass --root to generate (cluster workers are not available yet), or a command; see --help");
+  if (!flags.root) {
+    if (flags.port === undefined && flags.host === undefined) throw new UsageError("nothing to do: pass --root to generate, --port to be a worker, or a command; see --help");
+    return worker(flags);
+  }
   const path = need(flags, "model", "the GGUF file to run");
   const prompt = need(flags, "prompt", "the text to continue");
   const kv = flags.kv ?? "f32";
   if (kv !== "f32" && kv !== "f16") throw new UsageError(`--kv must be f32 or f16 (got ${String(kv)})`);
   const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
-  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
-  const ctx = (flags.ctx as number | undefined) ?? defaultCtx(e.config.contextLength);
-  process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}\n`);
+  const ctx0 = flags.ctx as number | undefined;
+  const e = await openEngine(path, { ...clusterOptions(flags), kv: kv === "f16" ? GGMLType.F16 : GGMLType.F32, ctx: ctx0 });
+  const ctx = ctx0 ?? defaultCtx(e.config.contextLength);
+  process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}${e.peers ? `; ${e.peers.conns.length} worker(s)` : ""}\n`);
   const stats = await generate(e, {
     prompt,
     maxTokens: (flags["n-predict"] as number | undefined) ?? 128,
@@ -118,6 +133,42 @@ async function run(argv: string[]): Promise<number> {
       `decode: ${n} tokens in ${stats.decodeSeconds.toFixed(3)} s (${n ? (n / stats.decodeSeconds).toFixed(1) : "0"} tokens/s)\n`,
   );
   if (stats.stop === "context") process.stderr.write(`stopped: the context limit of ${ctx} tokens is reached (raise --ctx)\n`);
+  e.close();
+  return 0;
+}
+
+function clusterOptions(flags: ParsedFlags) {
+  const wire = String(flags.wire ?? "q8_0");
+  const wires: Record<string, WireType> = { q8_0: GGMLType.Q8_0, f16: GGMLType.F16, f32: GGMLType.F32 };
+  if (!(wire in wires)) throw new UsageError(`--wire must be q8_0, f16 or f32 (got ${wire})`);
+  const workers = flags.workers === undefined ? [] : String(flags.workers).split(",").map((s) => s.trim()).filter(Boolean);
+  if (flags.workers !== undefined && workers.length === 0) throw new UsageError("--workers needs at least one host:port");
+  for (const w of workers) if (!/^(\[[^\]]+\]|[^:\s]+)(:\d{1,5})?$/.test(w)) throw new UsageError(`--workers: "${w}" is not host:port`);
+  return {
+    threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
+    workers,
+    wire: wires[wire]!,
+    secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,
+  };
+}
+
+async function worker(flags: ParsedFlags): Promise<number> {
+  const path = need(flags, "model", "the GGUF file this worker computes from (the same file as the root's)");
+  const w = await startWorker({
+    host: String(flags.host ?? "0.0.0.0"),
+    port: (flags.port as number | undefined) ?? 9998,
+    modelPath: path,
+    secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,
+    threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
+  });
+  await new Promise<void>((resolve) => {
+    const stop = () => {
+      w.stop();
+      resolve();
+    };
+    process.once("SIGINT", stop);
+    process.once("SIGTERM", stop);
+  });
   return 0;
 }
 
@@ -177,7 +228,7 @@ function tokenize(argv: string[]): number {
 }
 
 async function logits(argv: string[]): Promise<number> {
-  const { flags, positional } = parseArgs(argv, [MODEL, { name: "tokens", type: "string", help: "" }, { name: "out", short: "o", type: "string", help: "" }, THREADS]);
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "tokens", type: "string", help: "" }, { name: "out", short: "o", type: "string", help: "" }, THREADS, ...CLUSTER_FLAGS]);
   noPositional("logits", positional);
   const path = need(flags, "model", "the GGUF file");
   const list = need(flags, "tokens", "comma-separated token ids, e.g. 1,5,7");
@@ -187,22 +238,24 @@ async function logits(argv: string[]): Promise<number> {
     if (s.trim() === "" || !Number.isInteger(v) || v < 0) throw new UsageError(`--tokens: "${s}" is not a token id`);
     return v;
   });
-  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
+  const e = await openEngine(path, { ...clusterOptions(flags), ctx: tokens.length });
   const l = await evaluateLogits(e, tokens);
+  e.close();
   writeFileSync(out, new Uint8Array(l.buffer, l.byteOffset, l.byteLength));
   process.stderr.write(`wrote ${tokens.length} x ${e.config.vocabSize} float32 logits to ${out}\n`);
   return 0;
 }
 
 async function ppl(argv: string[]): Promise<number> {
-  const { flags, positional } = parseArgs(argv, [MODEL, { name: "file", short: "f", type: "string", help: "" }, { name: "ctx", short: "c", type: "int", min: 8, help: "" }, THREADS]);
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "file", short: "f", type: "string", help: "" }, { name: "ctx", short: "c", type: "int", min: 8, help: "" }, THREADS, ...CLUSTER_FLAGS]);
   noPositional("perplexity", positional);
   const path = need(flags, "model", "the GGUF file");
   const text = readText(need(flags, "file", "the text to score"));
-  const e = await openEngine(path, (flags.threads as number | undefined) ?? navigator.hardwareConcurrency);
-  const ctx = (flags.ctx as number | undefined) ?? Math.min(e.config.contextLength, 512);
+  const ctx = (flags.ctx as number | undefined) ?? Math.min(readConfig(GGUFFile.open(path)).contextLength, 512);
+  const e = await openEngine(path, { ...clusterOptions(flags), ctx });
   const r = await perplexity(e, text, ctx, (i, n, p) => process.stderr.write(`\rchunk ${i}/${n}: running PPL ${p.toFixed(4)}`));
   process.stderr.write("\n");
+  e.close();
   console.log(`PPL = ${r.ppl.toFixed(4)} +/- ${r.err.toFixed(5)}`);
   process.stderr.write(`${r.chunks} chunks of ${ctx} tokens, ${r.scored} tokens scored\n`);
   return 0;

@@ -6,7 +6,7 @@
 //   off size field
 //     0    4 magic    "DLLM" (44 4c 4c 4d)
 //     4    2 version  PROTOCOL_VERSION
-//     6    2 type     MessageType (1..14)
+//     6    2 type     MessageType (1..16)
 //     8    2 flags    bit 0 FLAG_LAST_OF_STEP, the others reserved (0)
 //    10    2 reserved 0
 //    12    4 seq
@@ -373,7 +373,7 @@ export class Framer {
   private checkHeader(): number {
     const v = this.headerView;
     const type = v.getUint16(HeaderOffset.Type, true);
-    if (!isMessageType(type)) throw new ProtocolError("type", `type ${type} is not a message type (1..${MessageType.Pong})`);
+    if (!isMessageType(type)) throw new ProtocolError("type", `type ${type} is not a message type (1..${MessageType.Session})`);
     const flags = v.getUint16(HeaderOffset.Flags, true);
     if ((flags & ~FLAGS_KNOWN) !== 0) {
       throw new ProtocolError("flags", `flags 0x${flags.toString(16).padStart(4, "0")} has reserved bits set (only 0x${FLAG_LAST_OF_STEP.toString(16)} is defined)`);

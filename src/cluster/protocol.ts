@@ -16,6 +16,10 @@
 //   Error                u32 ErrorCode, str message (<= 4096)            = 8 + message bytes
 //   Bye                  (empty)
 //   Ping, Pong           u64 sender clock in ns (Pong echoes Ping's)     = 8
+//   Step                 u32 first position, u32 token count: the positions of the Forward frames
+//                        that follow (a step is one forward pass over a batch of tokens) = 8
+//   Session              u32 node index, u32 node count, u32 wire type, u32 context size,
+//                        u32 KV cache type (GGML id), u32 flags (0)                       = 24
 //
 //   layer list           u32 n, n x u32 layer index                       = 4 + 4n
 //   offset index         u32 n, n x (u32 tensor id, u64 byte offset)      = 4 + 12n
@@ -40,7 +44,9 @@ export const NO_LAYER = 0xffffffff;
 export const MAX_U32 = 0xffffffff;
 /** Header flag bit 0: the last frame of a step. The other bits are reserved and must be 0. */
 export const FLAG_LAST_OF_STEP = 0x0001;
-export const FLAGS_KNOWN = FLAG_LAST_OF_STEP;
+/** Header flag bit 1 on Forward / Result: the feed-forward half of the layer (else attention). */
+export const FLAG_FEED_FORWARD = 0x0002;
+export const FLAGS_KNOWN = FLAG_LAST_OF_STEP | FLAG_FEED_FORWARD;
 /** Default largest payload a Framer accepts (and a Writer builds). */
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Largest node name / model path in a Hello, and Error message (bytes of UTF-8). */
@@ -82,15 +88,19 @@ export const enum MessageType {
   Bye = 12,
   Ping = 13,
   Pong = 14,
+  /** the positions of the next forward step */
+  Step = 15,
+  /** the session settings a worker needs before its plan */
+  Session = 16,
 }
 
 const MESSAGE_TYPE_NAMES = [
   "?", "Hello", "HelloAck", "Challenge", "ChallengeResponse", "Plan", "PlanAck",
-  "Forward", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong",
+  "Forward", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session",
 ];
 
 export function isMessageType(t: number): t is MessageType {
-  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Pong;
+  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Session;
 }
 
 export function messageTypeName(t: number): string {
@@ -132,6 +142,8 @@ export const enum ErrorCode {
   Compute = 5,
   OutOfMemory = 6,
   Internal = 7,
+  Unauthorized = 8,
+  Busy = 9,
 }
 
 export const enum StatId {
@@ -207,7 +219,9 @@ export type Message =
   | { type: MessageType.Stats; stats: StatEntry[] }
   | { type: MessageType.Error; code: number; message: string }
   | { type: MessageType.Bye }
-  | { type: MessageType.Ping | MessageType.Pong; time: number };
+  | { type: MessageType.Ping | MessageType.Pong; time: number }
+  | { type: MessageType.Step; pos: number; nTokens: number }
+  | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number };
 
 // ---- Reader -------------------------------------------------------------------------------------
 
@@ -609,6 +623,12 @@ function writePayload(w: Writer, m: Message): void {
     case MessageType.Pong:
       w.u64(m.time);
       break;
+    case MessageType.Step:
+      w.u32(m.pos).u32(m.nTokens);
+      break;
+    case MessageType.Session:
+      w.u32(m.node).u32(m.nodes).u32(m.wire).u32(m.nCtx).u32(m.kvType).u32(m.flags);
+      break;
   }
 }
 
@@ -691,8 +711,18 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
     case MessageType.Pong:
       m = { type, time: r.u64("time") };
       break;
+    case MessageType.Step:
+      m = { type, pos: r.u32("pos"), nTokens: r.u32("n_tokens") };
+      break;
+    case MessageType.Session: {
+      const node = r.u32("node"), nodes = r.u32("nodes"), wire = r.u32("wire");
+      if (!isWireType(wire)) throw new ProtocolError("Session.wire", `Session: wire type ${wire} is not 0 (F32), 1 (F16) or 8 (Q8_0)`);
+      if (nodes < 1 || node >= nodes) throw new ProtocolError("Session.node", `Session: node ${node} of ${nodes}`);
+      m = { type, node, nodes, wire, nCtx: r.u32("n_ctx"), kvType: r.u32("kv_type"), flags: r.u32("flags") };
+      break;
+    }
     default:
-      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Pong})`);
+      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Session})`);
   }
   r.done();
   return m;

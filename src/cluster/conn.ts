@@ -1,0 +1,147 @@
+// One TCP connection carrying frames: a streaming Framer on the way in (whole frames only, bad
+// frames close the connection with a reason), a queue with backpressure on the way out, and
+// `next()` to await the next message with a deadline.
+import type { Socket } from "bun";
+import { Framer, Writer } from "./framer";
+import { decodeMessage, type Message, MessageType, messageTypeName, ProtocolError, writeMessage } from "./protocol";
+
+export interface Received {
+  message: Message;
+  layer: number;
+  flags: number;
+  seq: number;
+}
+
+export class ConnectionClosed extends Error {}
+
+export class Conn {
+  readonly writer = new Writer();
+  private readonly framer = new Framer();
+  private readonly inbox: Received[] = [];
+  private waiter: { resolve: (r: Received) => void; reject: (e: Error) => void } | null = null;
+  private pending: Uint8Array[] = [];
+  private closedWith: Error | null = null;
+  private seq = 0;
+
+  constructor(
+    readonly socket: Socket<unknown>,
+    /** who is at the other end, for messages ("worker 127.0.0.1:9998") */
+    readonly peer: string,
+  ) {}
+
+  /** Feed bytes from the socket's data handler. A protocol violation closes the connection. */
+  onData(chunk: Uint8Array): void {
+    if (this.closedWith) return;
+    let frames;
+    try {
+      frames = this.framer.push(chunk);
+    } catch (e) {
+      this.fail(e instanceof ProtocolError ? new Error(`${this.peer}: bad frame: ${e.message}`) : (e as Error));
+      return;
+    }
+    for (const f of frames) {
+      let message: Message;
+      try {
+        message = decodeMessage(f);
+      } catch (e) {
+        this.fail(new Error(`${this.peer}: bad ${messageTypeName(f.type)} message: ${(e as Error).message}`));
+        return;
+      }
+      const r = { message, layer: f.layer, flags: f.flags, seq: f.seq };
+      if (this.waiter) {
+        const w = this.waiter;
+        this.waiter = null;
+        w.resolve(r);
+      } else this.inbox.push(r);
+    }
+  }
+
+  onDrain(): void {
+    while (this.pending.length) {
+      const b = this.pending[0]!;
+      const n = this.socket.write(b);
+      if (n < b.length) {
+        this.pending[0] = b.subarray(n);
+        return;
+      }
+      this.pending.shift();
+    }
+  }
+
+  onClose(reason?: Error): void {
+    this.fail(reason ?? new ConnectionClosed(`${this.peer} closed the connection`));
+  }
+
+  /** Closes with a reason: pending and future next() calls reject with it. */
+  fail(reason: Error): void {
+    if (this.closedWith) return;
+    this.closedWith = reason;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w.reject(reason);
+    }
+    try {
+      this.socket.end();
+    } catch {
+      // already closed
+    }
+  }
+
+  get closed(): Error | null {
+    return this.closedWith;
+  }
+
+  /** Sends one message. */
+  send(m: Message, head: { layer?: number; flags?: number } = {}): void {
+    writeMessage(this.writer, m, { seq: this.seq++, ...head });
+    this.flushWriter();
+  }
+
+  /** Writes what the writer holds (frames built directly with writeActivationFrame and friends). */
+  flushWriter(): void {
+    if (this.closedWith) throw this.closedWith;
+    const bytes = this.writer.flush();
+    if (this.pending.length) {
+      this.pending.push(bytes);
+      return;
+    }
+    const n = this.socket.write(bytes);
+    if (n < bytes.length) this.pending.push(bytes.subarray(n));
+  }
+
+  nextSeq(): number {
+    return this.seq++;
+  }
+
+  /** The next message, or an error when the connection closes or nothing comes within `timeoutMs`. */
+  next(timeoutMs: number, what: string): Promise<Received> {
+    const r = this.inbox.shift();
+    if (r) return Promise.resolve(r);
+    if (this.closedWith) return Promise.reject(this.closedWith);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = null;
+        reject(new Error(`${this.peer} did not answer ${what} within ${(timeoutMs / 1000).toFixed(1)} s`));
+      }, timeoutMs);
+      this.waiter = {
+        resolve: (x) => {
+          clearTimeout(timer);
+          resolve(x);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** The next message, which must be of `type` (an Error message from the peer becomes an Error). */
+  async expect<T extends MessageType>(type: T, timeoutMs: number, what: string): Promise<Received & { message: Extract<Message, { type: T }> }> {
+    const r = await this.next(timeoutMs, what);
+    if (r.message.type === MessageType.Error) throw new Error(`${this.peer}: ${r.message.message}`);
+    if (r.message.type !== type) throw new Error(`${this.peer}: expected ${messageTypeName(type)} (${what}), got ${messageTypeName(r.message.type)}`);
+    return r as Received & { message: Extract<Message, { type: T }> };
+  }
+}

@@ -1,0 +1,189 @@
+// The root's side of a cluster: connect to the workers, check them (protocol version, identical
+// model file, cluster secret), send each its plan, then per layer send the block input and gather
+// the partial outputs. A worker that dies, stalls or answers nonsense stops the root with a message
+// naming it.
+import type { ModelConfig } from "../model/config";
+import type { GGUFFile } from "../model/gguf";
+import { Phase, type Peers } from "../model/llama";
+import { GGMLType, type Kernels } from "../native/types";
+import { Conn } from "./conn";
+import { sliceOffsets } from "./plan";
+import type { Slice } from "./partition";
+import { type FileIdentity } from "./storage";
+import { hmac, md5FromHex } from "./worker";
+import {
+  ALL_CAPABILITIES,
+  decodeActivation,
+  FLAG_FEED_FORWARD,
+  MessageType,
+  PROTOCOL_VERSION,
+  writeActivationFrame,
+  writeMessage,
+  type WireType,
+} from "./protocol";
+
+export interface ClusterOptions {
+  workers: string[]; // host:port
+  secret?: string;
+  wire: WireType;
+  nCtx: number;
+  kvType: GGMLType.F32 | GGMLType.F16;
+  connectTimeoutMs?: number;
+  /** a worker silent this long inside a step is declared stalled */
+  stallTimeoutMs?: number;
+}
+
+export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
+  return list.split(",").map((s) => s.trim()).filter(Boolean).map((addr) => {
+    const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(addr);
+    const port = m?.[2] ? Number(m[2]) : 9998;
+    if (!m || !(port > 0 && port < 65536)) throw new Error(`--workers: "${addr}" is not host:port`);
+    return { host: m[1]!.replace(/^\[|\]$/g, ""), port, addr: `${m[1]}:${port}` };
+  });
+}
+
+function connect(host: string, port: number, addr: string, timeoutMs: number): Promise<Conn> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const timer = setTimeout(() => {
+      if (!done) {
+        done = true;
+        reject(new Error(`worker ${addr}: no connection within ${(timeoutMs / 1000).toFixed(1)} s (is it running and reachable?)`));
+      }
+    }, timeoutMs);
+    Bun.connect<{ conn: Conn }>({
+      hostname: host,
+      port,
+      socket: {
+        open(socket) {
+          const conn = new Conn(socket, `worker ${addr}`);
+          socket.data = { conn };
+          if (done) {
+            socket.end();
+            return;
+          }
+          done = true;
+          clearTimeout(timer);
+          resolve(conn);
+        },
+        data(socket, chunk) {
+          socket.data.conn.onData(chunk);
+        },
+        drain(socket) {
+          socket.data.conn.onDrain();
+        },
+        close(socket) {
+          socket.data?.conn.onClose();
+        },
+        error(socket, err) {
+          socket.data?.conn.onClose(err);
+        },
+        connectError(_socket, err) {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          reject(new Error(`worker ${addr}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
+        },
+      },
+    }).catch((err: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      reject(new Error(`worker ${addr}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
+    });
+  });
+}
+
+export class ClusterPeers implements Peers {
+  private tmp = new Float32Array(0);
+  /** bytes sent and received, frames, for the figures */
+  readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
+
+  private constructor(
+    readonly conns: Conn[],
+    private readonly k: Kernels,
+    private readonly c: ModelConfig,
+    private readonly wire: WireType,
+    private readonly stallMs: number,
+  ) {}
+
+  static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
+    const addrs = parseWorkerList(o.workers.join(","));
+    const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
+    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000);
+    try {
+      await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o)));
+    } catch (e) {
+      peers.close();
+      throw e;
+    }
+    return peers;
+  }
+
+  private async handshake(conn: Conn, g: GGUFFile, c: ModelConfig, id: FileIdentity, slice: Slice, nodes: number, o: ClusterOptions): Promise<void> {
+    const t = 10_000;
+    conn.send({ type: MessageType.Hello, version: PROTOCOL_VERSION, capabilities: ALL_CAPABILITIES, name: "root", model: { path: id.path, size: id.size, sampleMd5: md5FromHex(id.fastMd5) } });
+    let r = await conn.next(t, "the hello");
+    if (r.message.type === MessageType.Challenge) {
+      if (!o.secret) throw new Error(`${conn.peer} requires a cluster secret: pass --secret or set DAIRLLM_SECRET`);
+      conn.send({ type: MessageType.ChallengeResponse, digest: hmac(o.secret, r.message.nonce) });
+      r = await conn.next(t, "the secret");
+    }
+    if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
+    if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
+    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags: 0 });
+    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice) });
+    await conn.expect(MessageType.PlanAck, t, "the plan");
+  }
+
+  begin(pos0: number, n: number): void {
+    for (const conn of this.conns) conn.send({ type: MessageType.Step, pos: pos0, nTokens: n });
+  }
+
+  send(layer: number, phase: Phase, h: Float32Array, n: number): void {
+    const c = this.c;
+    const flags = phase === Phase.FeedForward ? FLAG_FEED_FORWARD : 0;
+    for (const conn of this.conns) {
+      const info = writeActivationFrame(conn.writer, this.k, MessageType.Forward, { seq: conn.nextSeq(), layer, flags }, h.subarray(0, n * c.dim), [n, c.dim], this.wire);
+      this.stats.bytesOut += info.frameBytes;
+      conn.flushWriter();
+    }
+  }
+
+  async gather(layer: number, phase: Phase, into: Float32Array, n: number): Promise<void> {
+    const size = n * this.c.dim;
+    if (this.tmp.length < size) this.tmp = new Float32Array(size);
+    const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
+    const results = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what)));
+    this.stats.syncs++;
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i]!, conn = this.conns[i]!;
+      const m = r.message;
+      if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
+      const ffn = (r.flags & FLAG_FEED_FORWARD) !== 0;
+      if (m.type !== MessageType.Result || r.layer !== layer || ffn !== (phase === Phase.FeedForward)) {
+        throw new Error(`${conn.peer} answered ${what} with message type ${m.type} for layer ${r.layer}`);
+      }
+      if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== this.c.dim) {
+        throw new Error(`${conn.peer} answered ${what} with a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
+      }
+      this.stats.bytesIn += m.tensor.data.length;
+      decodeActivation(this.k, m.tensor, this.tmp);
+      this.k.add(into, into, this.tmp, size);
+    }
+  }
+
+  close(): void {
+    for (const conn of this.conns) {
+      if (!conn.closed) {
+        try {
+          writeMessage(conn.writer, { type: MessageType.Bye }, { seq: conn.nextSeq() });
+          conn.flushWriter();
+        } catch {
+          // gone already
+        }
+        conn.fail(new Error("closed by the root"));
+      }
+    }
+  }
+}

@@ -1,0 +1,199 @@
+// A worker: listens for a root, checks that both hold the same model file (and the cluster secret),
+// maps its own copy of the file, and computes its slice of every layer for each forward step. It
+// serves one root session after another; a bad frame closes that connection only.
+import { createHmac, randomBytes } from "node:crypto";
+import { readConfig } from "../model/config";
+import { GGUFFile } from "../model/gguf";
+import { type KVCache, loadWeights, SliceCompute } from "../model/llama";
+import { loadKernels } from "../native/index";
+import { GGMLType, type Kernels } from "../native/types";
+import { Conn } from "./conn";
+import { sliceOffsets } from "./plan";
+import { partition } from "./partition";
+import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
+import {
+  ALL_CAPABILITIES,
+  decodeActivation,
+  ErrorCode,
+  FLAG_FEED_FORWARD,
+  MessageType,
+  NONCE_BYTES,
+  PROTOCOL_VERSION,
+  writeActivationFrame,
+  type Message,
+  type WireType,
+} from "./protocol";
+
+export interface WorkerOptions {
+  host: string;
+  port: number;
+  modelPath: string;
+  secret?: string;
+  threads: number;
+  name?: string;
+  log?: (line: string) => void;
+  /** how long a root may stay silent inside a step before the session is dropped */
+  idleTimeoutMs?: number;
+}
+
+export function hmac(secret: string, nonce: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac("sha256", secret).update(nonce).digest().subarray(0, 16));
+}
+
+export function md5FromHex(hex: string): Uint8Array {
+  return Uint8Array.from(hex.match(/../g)!.map((b) => parseInt(b, 16)));
+}
+
+interface Session {
+  conn: Conn;
+  compute: SliceCompute;
+  cache: KVCache;
+  wire: WireType;
+  h: Float32Array;
+  out: Float32Array;
+  pos: number;
+  nTokens: number;
+}
+
+export interface RunningWorker {
+  readonly port: number;
+  stop(): void;
+}
+
+export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
+  const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
+  const name = o.name ?? `${o.host}:${o.port}`;
+  let kernels: Kernels | null = null;
+  let session: Session | null = null;
+  let identity: FileIdentity | null = null;
+  let identityError: string | null = null;
+  try {
+    identity = await fileIdentity(o.modelPath);
+  } catch (e) {
+    identityError = (e as Error).message;
+    log(`worker ${name}: ${identityError} (roots will be refused until the file is there; restart the worker then)`);
+  }
+
+  const handle = async (conn: Conn): Promise<void> => {
+    // ---- handshake: version, model file, secret
+    const hello = await conn.expect(MessageType.Hello, 10_000, "the hello");
+    const h = hello.message;
+    if (h.version !== PROTOCOL_VERSION) throw refuse(conn, ErrorCode.Version, `protocol version ${h.version} refused: this worker speaks ${PROTOCOL_VERSION}`);
+    if (!identity) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} cannot use its model file: ${identityError}`);
+    const remote: FileIdentity = { path: h.model.path, size: h.model.size, fastMd5: Buffer.from(h.model.sampleMd5).toString("hex") };
+    const diff = compareIdentity(identity, remote, "the root");
+    if (diff) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} has a different model file at ${identity.path}: ${diff}`);
+    if (o.secret) {
+      const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
+      conn.send({ type: MessageType.Challenge, nonce, ranges: [] });
+      const r = await conn.expect(MessageType.ChallengeResponse, 10_000, "the secret challenge");
+      const want = hmac(o.secret, nonce);
+      if (!Buffer.from(r.message.digest).equals(Buffer.from(want))) throw refuse(conn, ErrorCode.Unauthorized, `worker ${name} refused the root: wrong cluster secret`);
+    }
+    if (session) throw refuse(conn, ErrorCode.Busy, `worker ${name} is busy serving another root`);
+    conn.send({ type: MessageType.HelloAck, version: PROTOCOL_VERSION, capabilities: ALL_CAPABILITIES, name, model: { path: identity.path, size: identity.size, sampleMd5: md5FromHex(identity.fastMd5) } });
+
+    // ---- session and plan: map the file, check the slice offsets the root expects
+    const s = (await conn.expect(MessageType.Session, 10_000, "the session settings")).message;
+    const plan = (await conn.expect(MessageType.Plan, 10_000, "the plan")).message;
+    const g = GGUFFile.open(o.modelPath);
+    const config = readConfig(g);
+    const weights = loadWeights(g, config);
+    const slices = partition(config, s.nodes, alignmentOf(weights));
+    const slice = slices[s.node]!;
+    const mine = sliceOffsets(g, config, slice);
+    const wrong = mine.findIndex((e, i) => plan.offsets[i]?.tensor !== e.tensor || plan.offsets[i]?.offset !== e.offset);
+    if (wrong >= 0 || plan.offsets.length !== mine.length) {
+      throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: the plan's byte offsets do not match this file's layout (entry ${wrong}): refusing to compute a wrong slice`);
+    }
+    kernels ??= await loadKernels({ threads: o.threads });
+    const compute = new SliceCompute(config, weights, kernels, slice);
+    const kvType = s.kvType === GGMLType.F16 ? GGMLType.F16 : GGMLType.F32;
+    session = { conn, compute, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0 };
+    conn.send({ type: MessageType.PlanAck, layers: plan.layers });
+    log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
+
+    // ---- steps
+    const idle = o.idleTimeoutMs ?? 24 * 3600_000;
+    for (;;) {
+      const r = await conn.next(idle, "the next step");
+      const m = r.message;
+      if (m.type === MessageType.Bye) return;
+      if (m.type === MessageType.Ping) {
+        conn.send({ type: MessageType.Pong, time: m.time });
+        continue;
+      }
+      if (m.type === MessageType.Step) {
+        session.pos = m.pos;
+        session.nTokens = m.nTokens;
+        continue;
+      }
+      if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${MessageType[m.type] ?? m.type} during a session`);
+      forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
+    }
+  };
+
+  const forward = (s: Session, layer: number, ffn: boolean, m: Extract<Message, { type: MessageType.Forward }>) => {
+    const c = s.compute.config;
+    const n = m.tensor.shape[0]!;
+    if (m.tensor.shape.length !== 2 || m.tensor.shape[1] !== c.dim || n !== s.nTokens || layer >= c.nLayers) {
+      throw new Error(`Forward [${m.tensor.shape.join(", ")}] for layer ${layer} does not fit the step (${s.nTokens} tokens of ${c.dim}, ${c.nLayers} layers)`);
+    }
+    if (s.h.length < n * c.dim) [s.h, s.out] = [new Float32Array(n * c.dim), new Float32Array(n * c.dim)];
+    decodeActivation(s.compute.k, m.tensor, s.h);
+    if (ffn) s.compute.feedForward(layer, s.h, n, s.out);
+    else s.compute.attention(layer, s.h, n, s.pos, s.cache, s.out);
+    writeActivationFrame(s.conn.writer, s.compute.k, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
+    s.conn.flushWriter();
+  };
+
+  const server = Bun.listen<{ conn: Conn }>({
+    hostname: o.host,
+    port: o.port,
+    socket: {
+      open(socket) {
+        const conn = new Conn(socket, `root ${socket.remoteAddress}`);
+        socket.data = { conn };
+        handle(conn)
+          .catch((e: Error) => log(`worker ${name}: ${conn.peer}: ${e.message}`))
+          .finally(() => {
+            if (session?.conn === conn) {
+              session = null;
+              log(`worker ${name}: session with ${conn.peer} ended; ready for the next root`);
+            }
+            conn.fail(new Error("session over"));
+          });
+      },
+      data(socket, chunk) {
+        socket.data.conn.onData(chunk);
+      },
+      drain(socket) {
+        socket.data.conn.onDrain();
+      },
+      close(socket) {
+        socket.data.conn.onClose();
+      },
+      error(socket, err) {
+        socket.data.conn.onClose(err);
+      },
+    },
+  });
+  log(`worker ${name}: listening on ${o.host}:${server.port}, model ${o.modelPath}${identity ? ` (${identity.size} bytes, fast md5 ${identity.fastMd5})` : ""}`);
+  if (!o.secret) log(`worker ${name}: WARNING: no cluster secret (--secret or DAIRLLM_SECRET): anyone who can reach ${o.host}:${server.port} can use this worker`);
+  return { port: server.port, stop: () => server.stop(true) };
+}
+
+/** Sends an Error to the peer and returns the Error to throw locally. */
+function refuse(conn: Conn, code: ErrorCode, message: string): Error {
+  try {
+    conn.send({ type: MessageType.Error, code, message });
+  } catch {
+    // the connection is already gone
+  }
+  return new Error(message);
+}
+
+export function alignmentOf(w: { layers: { wo: { type: number }; wDown: { type: number } }[] }): number {
+  const t = w.layers[0]?.wo.type;
+  return t === GGMLType.Q8_0 || t === GGMLType.Q4_0 ? 32 : 1;
+}
