@@ -35,9 +35,9 @@ for (const t of TARGETS.filter((x) => only.includes(x.name))) {
     [
       `import lib from ${JSON.stringify(lib)} with { type: "file" };`,
       `import { setEmbeddedLibrary } from ${JSON.stringify(join(ROOT, "src", "native", "ffi.ts"))};`,
-      `import { runCli } from ${JSON.stringify(join(ROOT, "src", "main.ts"))};`,
+      `import { exitWith, runCli } from ${JSON.stringify(join(ROOT, "src", "main.ts"))};`,
       "setEmbeddedLibrary(lib);",
-      "process.exitCode = await runCli(process.argv.slice(2));",
+      "exitWith(await runCli(process.argv.slice(2)));",
       "",
     ].join("\n"),
   );

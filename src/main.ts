@@ -35,7 +35,7 @@ const RUN_FLAGS: FlagSpec[] = [
   { name: "ctx", short: "c", type: "int", value: "N", min: 8, help: "context size in tokens (default: the model's, at most 4096)" },
   { name: "kv", type: "string", value: "f32|f16", help: "KV cache type (default f32; f16 halves its memory)" },
   ...CLUSTER_FLAGS,
-  { name: "port", type: "int", value: "N", min: 1, max: 65535, help: "worker mode (without --root): listen on this port (default 9998)" },
+  { name: "port", type: "int", value: "N", min: 0, max: 65535, help: "worker mode (without --root): listen on this port (default 9998; 0 = any free port)" },
   { name: "host", type: "string", value: "ADDR", help: "worker mode: the address to listen on (default 0.0.0.0)" },
   { name: "help", short: "h", type: "bool", help: "show this help" },
   { name: "version", short: "v", type: "bool", help: "print the version" },
@@ -283,4 +283,10 @@ export async function runCli(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) process.exitCode = await runCli(process.argv.slice(2));
+/** Ends the process with the CLI's code; after an error nothing (a stalled worker's socket, a timer) may keep it alive. */
+export function exitWith(code: number): void {
+  process.exitCode = code;
+  if (code !== 0) process.exit(code);
+}
+
+if (import.meta.main) exitWith(await runCli(process.argv.slice(2)));

@@ -1,7 +1,7 @@
 // GGUF reader (v2 and v3). The file is memory-mapped (Bun.mmap) and tensors are zero-copy views
 // into it. A GGUF is untrusted input: every count, length, offset, type id and dimension is checked
 // against the file before it is used, and a bad file gets a GGUFError naming the field and the value.
-import { existsSync, statSync } from "node:fs";
+import { existsSync, type Stats, statSync } from "node:fs";
 
 export class GGUFError extends Error {
   constructor(path: string, message: string) {
@@ -183,9 +183,9 @@ class Cursor {
       for (let i = 0; i < count; i++) values[i] = this.value(GGUFValueType.ARRAY, `${what}[${i}]`, depth + 1) as GGUFArray;
       return { itemType, values, length: count };
     }
-    return { itemType, values: this.numericArray(itemType, count), length: count };
+    return { itemType, values: this.numericArray(itemType, count, what), length: count };
   }
-  private numericArray(type: number, count: number): ArrayLike<number> | ArrayLike<bigint> | boolean[] {
+  private numericArray(type: number, count: number, what: string): ArrayLike<number> | ArrayLike<bigint> | boolean[] {
     const size = SCALAR_SIZE[type]!;
     const start = this.pos;
     this.pos += count * size;
@@ -205,7 +205,7 @@ class Cursor {
         const out: boolean[] = new Array(count);
         for (let i = 0; i < count; i++) {
           const b = copy[i]!;
-          if (b > 1) this.fail(`array item ${i}: bool value ${b} is neither 0 nor 1`);
+          if (b > 1) this.fail(`${what}[${i}]: bool value ${b} is neither 0 nor 1`);
           out[i] = b === 1;
         }
         return out;
@@ -236,7 +236,11 @@ export class GGUFFile {
     }
     c.pos = 4;
     this.version = c.u32("version");
-    if (this.version !== 2 && this.version !== 3) c.fail(`GGUF version ${this.version} is not supported (supported: 2, 3)`);
+    if (this.version !== 2 && this.version !== 3) {
+      // a big-endian GGUF (made for s390x) reads as version 0x02000000 or 0x03000000 here
+      const bigEndian = this.version === 0x02000000 || this.version === 0x03000000;
+      c.fail(`GGUF version ${this.version} is not supported (supported: 2, 3)${bigEndian ? "; this looks like a big-endian GGUF" : ""}`);
+    }
     const nTensors = c.u64("tensor count");
     const nKv = c.u64("metadata count");
     // a key-value pair takes at least 8 + 4 bytes, a tensor info at least 8 + 4 + 4 + 8 bytes
@@ -250,11 +254,14 @@ export class GGUFFile {
       this.metadata.set(key, c.value(type, `metadata ${key}`));
     }
     const align = this.metadata.get("general.alignment") ?? 32;
-    if (typeof align !== "number" || !Number.isInteger(align) || align < 1 || align > 1 << 16 || (align & (align - 1)) !== 0) {
-      c.fail(`general.alignment ${String(align)} is not a power of two between 1 and 65536`);
+    if (typeof align !== "number") c.fail(`general.alignment is ${describe(align)}, expected an integer`);
+    if (!Number.isInteger(align) || align < 1 || align > 1 << 16 || (align & (align - 1)) !== 0) {
+      c.fail(`general.alignment ${align} is not a power of two between 1 and 65536`);
     }
     this.alignment = align;
     const infos: { name: string; type: number; dims: number[]; rel: number }[] = [];
+    // a Set, not infos.some(): a file with 10^5 tensor infos must not take O(n^2) to check for duplicates
+    const names = new Set<string>();
     for (let i = 0; i < nTensors; i++) {
       const name = c.string(`tensor #${i} name`);
       const nDims = c.u32(`tensor ${name} (dimension count)`);
@@ -267,7 +274,8 @@ export class GGUFFile {
       }
       const type = c.u32(`tensor ${name} (type)`);
       const rel = c.u64(`tensor ${name} (offset)`);
-      if (this.tensors.has(name) || infos.some((t) => t.name === name)) c.fail(`tensor ${name} appears twice`);
+      if (names.has(name)) c.fail(`tensor ${name} appears twice`);
+      names.add(name);
       infos.push({ name, type, dims, rel });
     }
     this.dataOffset = Math.ceil(c.pos / align) * align;
@@ -278,7 +286,7 @@ export class GGUFFile {
       let n = 1;
       for (const d of t.dims) {
         n *= d;
-        if (n > Number.MAX_SAFE_INTEGER) c.fail(`${where}: ${t.dims.join(" x ")} elements overflow`);
+        if (n > Number.MAX_SAFE_INTEGER) c.fail(`${where}: dimensions ${t.dims.join(" x ")} have more than 2^53 elements`);
       }
       if (t.dims[0]! % traits.blockValues !== 0) c.fail(`${where}: first dimension ${t.dims[0]} is not a multiple of the ${traits.name} block size ${traits.blockValues}`);
       if (t.rel % align !== 0) c.fail(`${where}: data offset ${t.rel} is not a multiple of the alignment ${align}`);
@@ -295,7 +303,12 @@ export class GGUFFile {
   /** Maps the file (no copy) and parses it. */
   static open(path: string): GGUFFile {
     if (!existsSync(path)) throw new GGUFError(path, "no such file");
-    const st = statSync(path);
+    let st: Stats;
+    try {
+      st = statSync(path); // can still fail (removed since, permissions): a GGUFError, not a raw ENOENT
+    } catch (e) {
+      throw new GGUFError(path, `cannot be read: ${(e as Error).message}`);
+    }
     if (!st.isFile()) throw new GGUFError(path, "not a regular file");
     if (st.size === 0) throw new GGUFError(path, "the file is empty");
     let bytes: Uint8Array;
@@ -345,5 +358,7 @@ export class GGUFFile {
 
 function describe(v: GGUFValue): string {
   if (typeof v === "object") return `an array of ${VALUE_TYPE_NAMES[v.itemType]}`;
-  return `${typeof v === "string" ? "a string" : typeof v === "boolean" ? "a boolean" : "a number"} (${String(v).slice(0, 40)})`;
+  // 64-bit integers beyond 2^53 are kept as bigint: not "a number" to callers
+  const kind = typeof v === "string" ? "a string" : typeof v === "boolean" ? "a boolean" : typeof v === "bigint" ? "a 64-bit integer beyond 2^53" : "a number";
+  return `${kind} (${(typeof v === "string" ? JSON.stringify(v) : String(v)).slice(0, 40)})`;
 }

@@ -1,0 +1,224 @@
+// A root and workers as real processes on 127.0.0.1: the same text as one node, and a clear error
+// (never a hang) for a wrong file, a wrong secret, a wrong protocol version, garbage, a dead or
+// stalled worker, an unreachable one.
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+
+const ROOT = join(import.meta.dir, "..");
+const MODELS = join(import.meta.dir, "fixtures", "models");
+const DEMO = join(import.meta.dir, "fixtures", "demo", "dairllm-demo-13m-q4_0.gguf");
+const MAIN = join(ROOT, "src", "main.ts");
+const EXEC = (process.env.DAIRLLM_TEST_EXEC ?? "").split(" ").filter(Boolean);
+const running: Subprocess[] = [];
+afterAll(() => running.forEach((p) => p.kill("SIGKILL")));
+
+interface Worker {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  addr: string;
+  log: () => string;
+}
+
+/** Starts a worker on a free port and waits until it listens. */
+async function worker(model: string, ...extra: string[]): Promise<Worker> {
+  const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--port", "0", "--host", "127.0.0.1", "--model", model, "--threads", "1", ...extra], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  running.push(proc);
+  let text = "";
+  const reader = proc.stderr.getReader();
+  const decoder = new TextDecoder();
+  (async () => {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value);
+    }
+  })();
+  const t0 = Date.now();
+  while (!/listening on ([\d.]+:\d+)/.test(text)) {
+    if (Date.now() - t0 > 10_000) throw new Error(`worker did not start: ${text}`);
+    await Bun.sleep(20);
+  }
+  return { proc, addr: /listening on ([\d.]+:\d+)/.exec(text)![1]!, log: () => text };
+}
+
+function root(...args: string[]) {
+  const t0 = performance.now();
+  const p = Bun.spawnSync([...EXEC, process.execPath, MAIN, ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString(), seconds: (performance.now() - t0) / 1000 };
+}
+
+async function workers(model: string, n: number, ...extra: string[]): Promise<Worker[]> {
+  return Promise.all(Array.from({ length: n }, () => worker(model, ...extra)));
+}
+
+function stop(ws: Worker[]) {
+  for (const w of ws) w.proc.kill("SIGTERM");
+}
+
+async function logitsOf(model: string, tokens: number[], ...extra: string[]): Promise<Float32Array> {
+  const dir = mkdtempSync(join(tmpdir(), "dairllm-cluster-"));
+  try {
+    const out = join(dir, "l.f32");
+    const r = root("logits", "--model", model, "--tokens", tokens.join(","), "--out", out, ...extra);
+    if (r.code !== 0) throw new Error(r.err);
+    return new Float32Array(readFileSync(out).buffer.slice(0));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+}
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+describe("same results as one node", () => {
+  for (const [name, nodes] of [["tiny-q4_0", 2], ["odd-q4_0", 3], ["mini-f32", 2], ["mini-q4_0", 4], ["qwen2-tiny-q8_0", 2]] as const) {
+    test(`${name} on ${nodes} nodes: logits (f32 wire) within 1e-4, greedy text identical (f32 and q8_0 wire)`, async () => {
+      const model = join(MODELS, `${name}.gguf`);
+      const ref = await Bun.file(join(MODELS, `${name}.ref.json`)).json();
+      const ws = await workers(model, nodes - 1);
+      try {
+        const list = ws.map((w) => w.addr).join(",");
+        const single = await logitsOf(model, ref.tokens);
+        const f32 = await logitsOf(model, ref.tokens, "--workers", list, "--wire", "f32");
+        const q8 = await logitsOf(model, ref.tokens, "--workers", list);
+        console.log(`${name}, ${nodes} nodes: max logit difference ${maxDiff(f32, single).toExponential(2)} (f32 wire), ${maxDiff(q8, single).toExponential(2)} (q8_0 wire)`);
+        expect(maxDiff(f32, single)).toBeLessThan(1e-4);
+        const args = ["--root", "-m", model, "-p", ref.greedy.prompt_text, "-n", "32", "--temp", "0"];
+        const one = root(...args);
+        expect(one.code).toBe(0);
+        for (const wire of ["f32", "q8_0"]) {
+          const many = root(...args, "--workers", list, "--wire", wire);
+          expect(many.err).toContain(`${nodes - 1} worker(s)`);
+          expect(many.code).toBe(0);
+          expect(many.out).toBe(one.out);
+        }
+      } finally {
+        stop(ws);
+      }
+    }, 60_000);
+  }
+
+  test("a worker serves one root after another", async () => {
+    const [w] = await workers(join(MODELS, "tiny-f32.gguf"), 1);
+    try {
+      for (let i = 0; i < 3; i++) expect(root("--root", "-m", join(MODELS, "tiny-f32.gguf"), "-p", "A long", "-n", "8", "--temp", "0", "--workers", w!.addr).code).toBe(0);
+      for (let i = 0; i < 100 && (w!.log().match(/ready for the next root/g)?.length ?? 0) < 3; i++) await Bun.sleep(20);
+      expect(w!.log().match(/ready for the next root/g)?.length).toBe(3);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+});
+
+describe("refusals and failures", () => {
+  test("a worker with a different model file: the root names the worker, its path and what differs", async () => {
+    const [w] = await workers(join(MODELS, "tiny-q8_0.gguf"), 1);
+    try {
+      const r = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "--workers", w!.addr);
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`worker ${w!.addr}`);
+      expect(r.err).toContain("tiny-q8_0.gguf");
+      expect(r.err).toMatch(/size 175072 here, 99296 on the root/);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
+  test("a worker whose file is missing refuses with its path", async () => {
+    const [w] = await workers("/nonexistent/model.gguf", 1);
+    try {
+      const r = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "--workers", w!.addr);
+      expect(r.code).toBe(1);
+      expect(r.err).toContain("/nonexistent/model.gguf: no such file");
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
+  test("the cluster secret: a wrong one and a missing one are refused; the right one works", async () => {
+    const model = join(MODELS, "tiny-q4_0.gguf");
+    const [w] = await workers(model, 1, "--secret", "s3cret");
+    try {
+      expect(w!.log()).not.toContain("WARNING: no cluster secret");
+      const wrong = root("--root", "-m", model, "-p", "hi", "--workers", w!.addr, "--secret", "guess");
+      expect(wrong.code).toBe(1);
+      expect(wrong.err).toContain("wrong cluster secret");
+      const none = root("--root", "-m", model, "-p", "hi", "--workers", w!.addr);
+      expect(none.code).toBe(1);
+      expect(none.err).toContain("requires a cluster secret");
+      expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr, "--secret", "s3cret").code).toBe(0);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
+  test("garbage, a wrong protocol version and an oversized frame close that connection with a logged reason; the worker keeps serving", async () => {
+    const model = join(MODELS, "tiny-q4_0.gguf");
+    const [w] = await workers(model, 1);
+    try {
+      expect(w!.log()).toContain("WARNING: no cluster secret");
+      const [host, port] = w!.addr.split(":");
+      const send = async (bytes: Uint8Array) => {
+        let closed = false;
+        const s = await Bun.connect({ hostname: host!, port: Number(port), socket: { data() {}, close() { closed = true; } } });
+        s.write(bytes);
+        for (let i = 0; i < 100 && !closed; i++) await Bun.sleep(20);
+        expect(closed).toBe(true);
+      };
+      const header = (version: number, type: number, length: number) => {
+        const b = new Uint8Array(24);
+        const v = new DataView(b.buffer);
+        b.set([0x44, 0x4c, 0x4c, 0x4d]);
+        v.setUint16(4, version, true);
+        v.setUint16(6, type, true);
+        v.setUint32(16, length, true);
+        return b;
+      };
+      await send(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+      await send(header(2, 1, 0));
+      await send(header(1, 7, 0x7fffffff));
+      await Bun.sleep(100);
+      expect(w!.log()).toMatch(/bad frame: .*magic/);
+      expect(w!.log()).toContain("peer speaks protocol version 2, this node speaks 1");
+      expect(w!.log()).toMatch(/above the limit/);
+      expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
+  test("an unreachable worker is a clear error, quickly", () => {
+    const r = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "--workers", "127.0.0.1:1");
+    expect(r.code).toBe(1);
+    expect(r.err).toContain("worker 127.0.0.1:1: cannot connect (ECONNREFUSED)");
+    expect(r.seconds).toBeLessThan(5);
+  });
+
+  for (const [how, signal, message] of [["dies", "SIGKILL", "closed the connection"], ["stalls", "SIGSTOP", "did not answer"]] as const) {
+    test(`a worker that ${how} mid-generation stops the root within 5 s, naming it`, async () => {
+      const [w] = await workers(DEMO, 1);
+      try {
+        const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--root", "-m", DEMO, "-p", "def f(x):", "-n", "480", "--temp", "0", "--workers", w!.addr], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+        running.push(proc);
+        const reader = proc.stdout.getReader();
+        await reader.read(); // the first tokens are out: generation is under way
+        const t0 = performance.now();
+        w!.proc.kill(signal);
+        const code = await proc.exited;
+        const seconds = (performance.now() - t0) / 1000;
+        const err = await new Response(proc.stderr).text();
+        expect(code).toBe(1);
+        expect(err).toContain(`worker ${w!.addr}`);
+        expect(err).toContain(message);
+        expect(seconds).toBeLessThan(6.5);
+      } finally {
+        w!.proc.kill("SIGKILL");
+      }
+    }, 30_000);
+  }
+});
