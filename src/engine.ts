@@ -8,7 +8,7 @@ import { loadKernels } from "./native/index";
 import { GGMLType, type Kernels } from "./native/types";
 import { partition } from "./cluster/partition";
 import { ClusterPeers } from "./cluster/root";
-import { fileIdentity } from "./cluster/storage";
+import { fileIdentity, progressBar } from "./cluster/storage";
 import { alignmentOf } from "./cluster/worker";
 import type { WireType } from "./cluster/protocol";
 
@@ -31,6 +31,8 @@ export interface EngineOptions {
   workers?: string[];
   wire?: WireType;
   secret?: string;
+  /** compare the full-file MD5 with every worker (reads the whole file on every node) */
+  verifyFull?: boolean;
   /** context size and KV cache type: the workers allocate their caches at connection time */
   ctx?: number;
   kv?: GGMLType.F32 | GGMLType.F16;
@@ -50,13 +52,14 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
   let model: LlamaModel;
   if (o.workers?.length) {
     const slices = partition(config, o.workers.length + 1, alignmentOf(weights));
-    const identity = await fileIdentity(path);
+    const identity = await fileIdentity(path, o.verifyFull ? { full: true, onProgress: progressBar("full md5") } : {});
     peers = await ClusterPeers.connect(gguf, config, identity, slices, kernels, {
       workers: o.workers,
       secret: o.secret,
       wire: o.wire ?? GGMLType.Q8_0,
       nCtx: o.ctx ?? Math.min(config.contextLength, 4096),
       kvType: o.kv ?? GGMLType.F32,
+      verifyFull: o.verifyFull,
     });
     model = new LlamaModel(config, weights, kernels, slices[0]!, peers);
   } else {

@@ -18,6 +18,7 @@ const CLUSTER_FLAGS: FlagSpec[] = [
   { name: "workers", short: "w", type: "string", value: "H:P,...", help: "workers to share the model with (host:port, comma-separated); each maps its own copy of the model file" },
   { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
   { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
+  { name: "verify", type: "string", value: "fast|full", help: "how nodes compare the model file: size + sampled MD5 (fast, default) or the whole file's MD5 (full)" },
 ];
 
 const RUN_FLAGS: FlagSpec[] = [
@@ -144,8 +145,11 @@ function clusterOptions(flags: ParsedFlags) {
   const workers = flags.workers === undefined ? [] : String(flags.workers).split(",").map((s) => s.trim()).filter(Boolean);
   if (flags.workers !== undefined && workers.length === 0) throw new UsageError("--workers needs at least one host:port");
   for (const w of workers) if (!/^(\[[^\]]+\]|[^:\s]+)(:\d{1,5})?$/.test(w)) throw new UsageError(`--workers: "${w}" is not host:port`);
+  const verify = String(flags.verify ?? "fast");
+  if (verify !== "fast" && verify !== "full") throw new UsageError(`--verify must be fast or full (got ${verify})`);
   return {
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
+    verifyFull: verify === "full",
     workers,
     wire: wires[wire]!,
     secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,

@@ -222,3 +222,16 @@ describe("refusals and failures", () => {
     }, 30_000);
   }
 });
+
+test("--verify full compares the whole file's MD5 with every worker", async () => {
+  const model = join(MODELS, "tiny-q4_0.gguf");
+  const [w] = await workers(model, 1);
+  try {
+    const r = root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr, "--verify", "full");
+    expect(r.code).toBe(0);
+    for (let i = 0; i < 100 && !w!.log().includes("computing the full MD5"); i++) await Bun.sleep(20);
+    expect(w!.log()).toContain("computing the full MD5");
+  } finally {
+    stop([w!]);
+  }
+}, 30_000);

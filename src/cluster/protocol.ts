@@ -112,6 +112,8 @@ export const enum Capability {
   Q8_0 = 1 << 0,
   F16 = 1 << 1,
   F32 = 1 << 2,
+  /** in a root's Hello: the model MD5 is the full-file MD5 (--verify full), not the sample one */
+  FullMd5 = 1 << 3,
 }
 export const ALL_CAPABILITIES = Capability.Q8_0 | Capability.F16 | Capability.F32;
 

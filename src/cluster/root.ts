@@ -13,6 +13,7 @@ import { type FileIdentity } from "./storage";
 import { hmac, md5FromHex } from "./worker";
 import {
   ALL_CAPABILITIES,
+  Capability,
   decodeActivation,
   FLAG_FEED_FORWARD,
   MessageType,
@@ -31,6 +32,8 @@ export interface ClusterOptions {
   connectTimeoutMs?: number;
   /** a worker silent this long inside a step is declared stalled */
   stallTimeoutMs?: number;
+  /** compare full-file MD5s instead of the sampled one (the identity must then carry fullMd5) */
+  verifyFull?: boolean;
 }
 
 export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
@@ -122,8 +125,11 @@ export class ClusterPeers implements Peers {
 
   private async handshake(conn: Conn, g: GGUFFile, c: ModelConfig, id: FileIdentity, slice: Slice, nodes: number, o: ClusterOptions): Promise<void> {
     const t = 10_000;
-    conn.send({ type: MessageType.Hello, version: PROTOCOL_VERSION, capabilities: ALL_CAPABILITIES, name: "root", model: { path: id.path, size: id.size, sampleMd5: md5FromHex(id.fastMd5) } });
-    let r = await conn.next(t, "the hello");
+    const full = o.verifyFull && id.fullMd5;
+    const capabilities = ALL_CAPABILITIES | (full ? Capability.FullMd5 : 0);
+    conn.send({ type: MessageType.Hello, version: PROTOCOL_VERSION, capabilities, name: "root", model: { path: id.path, size: id.size, sampleMd5: md5FromHex(full ? id.fullMd5! : id.fastMd5) } });
+    // a worker hashing its whole file for --verify full may take a while
+    let r = await conn.next(full ? 600_000 : t, "the hello");
     if (r.message.type === MessageType.Challenge) {
       if (!o.secret) throw new Error(`${conn.peer} requires a cluster secret: pass --secret or set DAIRLLM_SECRET`);
       conn.send({ type: MessageType.ChallengeResponse, digest: hmac(o.secret, r.message.nonce) });

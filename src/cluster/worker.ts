@@ -13,6 +13,7 @@ import { partition } from "./partition";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
   ALL_CAPABILITIES,
+  Capability,
   decodeActivation,
   ErrorCode,
   FLAG_FEED_FORWARD,
@@ -80,8 +81,19 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const h = hello.message;
     if (h.version !== PROTOCOL_VERSION) throw refuse(conn, ErrorCode.Version, `protocol version ${h.version} refused: this worker speaks ${PROTOCOL_VERSION}`);
     if (!identity) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} cannot use its model file: ${identityError}`);
-    const remote: FileIdentity = { path: h.model.path, size: h.model.size, fastMd5: Buffer.from(h.model.sampleMd5).toString("hex") };
-    const diff = compareIdentity(identity, remote, "the root");
+    const md5 = Buffer.from(h.model.sampleMd5).toString("hex");
+    let local = identity;
+    let remote: FileIdentity = { path: h.model.path, size: h.model.size, fastMd5: md5 };
+    if (h.capabilities & Capability.FullMd5) {
+      // the root asked for a full-file comparison (--verify full): hash every byte once, then reuse
+      if (!identity.fullMd5) {
+        log(`worker ${name}: computing the full MD5 of ${identity.path} for ${conn.peer} ...`);
+        identity = await fileIdentity(o.modelPath, { full: true });
+      }
+      local = identity;
+      remote = { ...remote, fastMd5: identity.fastMd5, fullMd5: md5 };
+    }
+    const diff = compareIdentity(local, remote, "the root");
     if (diff) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} has a different model file at ${identity.path}: ${diff}`);
     if (o.secret) {
       const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
