@@ -86,6 +86,8 @@ export interface GenerateStats {
   promptSeconds: number;
   decodeSeconds: number;
   stop: "eog" | "length" | "context";
+  /** on a cluster: bytes on the wire (both ways) and reductions per decoded token */
+  wire?: { bytesPerToken: number; syncsPerToken: number };
 }
 
 export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateStats> {
@@ -102,6 +104,7 @@ export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateS
   let logits = await e.model.forward(prompt, 0, cache);
   const promptSeconds = (performance.now() - t0) / 1000;
   t0 = performance.now();
+  const before = e.peers ? { ...e.peers.stats } : null;
   let stop: GenerateStats["stop"] = "length";
   for (let pos = prompt.length; generated.length < o.maxTokens; pos++) {
     const next = sampler.sample(logits);
@@ -118,7 +121,14 @@ export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateS
     if (generated.length < o.maxTokens) logits = await e.model.forward([next], pos, cache);
   }
   o.onText(decoder.flush());
-  return { promptTokens: prompt.length, generated, promptSeconds, decodeSeconds: (performance.now() - t0) / 1000, stop };
+  const decodeSeconds = (performance.now() - t0) / 1000;
+  let wire: GenerateStats["wire"];
+  const steps = Math.max(1, generated.length - 1); // forward passes after the prompt
+  if (e.peers && before) {
+    const st = e.peers.stats;
+    wire = { bytesPerToken: (st.bytesOut + st.bytesIn - before.bytesOut - before.bytesIn) / steps, syncsPerToken: (st.syncs - before.syncs) / steps };
+  }
+  return { promptTokens: prompt.length, generated, promptSeconds, decodeSeconds, stop, wire };
 }
 
 /** Logits of every position of `tokens`, evaluated as one batch: [n_tokens x n_vocab]. */

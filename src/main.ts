@@ -133,6 +133,7 @@ async function run(argv: string[]): Promise<number> {
     `prompt: ${stats.promptTokens} tokens in ${stats.promptSeconds.toFixed(3)} s (${(stats.promptTokens / stats.promptSeconds).toFixed(1)} tokens/s); ` +
       `decode: ${n} tokens in ${stats.decodeSeconds.toFixed(3)} s (${n ? (n / stats.decodeSeconds).toFixed(1) : "0"} tokens/s)\n`,
   );
+  if (stats.wire) process.stderr.write(`cluster: ${(stats.wire.bytesPerToken / 1024).toFixed(1)} KiB on the wire and ${stats.wire.syncsPerToken.toFixed(0)} reductions per decoded token\n`);
   if (stats.stop === "context") process.stderr.write(`stopped: the context limit of ${ctx} tokens is reached (raise --ctx)\n`);
   e.close();
   return 0;

@@ -16,7 +16,9 @@ import {
   Capability,
   decodeActivation,
   FLAG_FEED_FORWARD,
+  HEADER_SIZE,
   MessageType,
+  tensorMetaBytes,
   PROTOCOL_VERSION,
   writeActivationFrame,
   writeMessage,
@@ -144,6 +146,7 @@ export class ClusterPeers implements Peers {
 
   begin(pos0: number, n: number): void {
     for (const conn of this.conns) conn.send({ type: MessageType.Step, pos: pos0, nTokens: n });
+    this.stats.bytesOut += this.conns.length * (HEADER_SIZE + 8);
   }
 
   send(layer: number, phase: Phase, h: Float32Array, n: number): void {
@@ -173,7 +176,7 @@ export class ClusterPeers implements Peers {
       if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== this.c.dim) {
         throw new Error(`${conn.peer} answered ${what} with a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
       }
-      this.stats.bytesIn += m.tensor.data.length;
+      this.stats.bytesIn += HEADER_SIZE + tensorMetaBytes(m.tensor.shape.length) + m.tensor.data.length;
       decodeActivation(this.k, m.tensor, this.tmp);
       this.k.add(into, into, this.tmp, size);
     }

@@ -238,7 +238,7 @@ export class GGUFFile {
     readonly bytes: Uint8Array,
     readonly path = "<memory>",
   ) {
-    const c = new Cursor(bytes, path);
+    const c: Cursor = new Cursor(bytes, path); // typed, so that c.fail() (never) narrows types after it
     if (bytes.byteLength < 4 || bytes[0] !== 0x47 || bytes[1] !== 0x47 || bytes[2] !== 0x55 || bytes[3] !== 0x46) {
       c.fail(`not a GGUF file (magic ${JSON.stringify(new TextDecoder().decode(bytes.subarray(0, 4)))}, expected "GGUF")`);
     }
