@@ -1,0 +1,144 @@
+// Cluster benchmark: decode speed of root + 1 worker (1 thread each) against one node with 2 threads,
+// on 127.0.0.1 and between two network namespaces joined by a veth pair shaped with tc netem
+// (1 Gbit/s, 0.1 ms each way); bytes and reductions per token; worker start-up to ready; the
+// worker's resident memory against the model size. Every figure is measured in this run.
+//
+//   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--no-netns]
+// Without --model, the TinyLlama-shape Q4_0 model is generated once into build/models/.
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
+
+const ROOT = join(import.meta.dir, "..");
+const MAIN = join(ROOT, "src", "main.ts");
+const BUN = process.execPath;
+const args = process.argv.slice(2);
+const arg = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const nTokens = Number(arg("-n") ?? 48);
+const PROMPT = "Once upon a time";
+
+async function modelPath(): Promise<string> {
+  const given = arg("--model");
+  if (given) return given;
+  const path = join(ROOT, "build", "models", "tinyllama-q4_0.gguf");
+  if (!existsSync(path)) {
+    mkdirSync(join(ROOT, "build", "models"), { recursive: true });
+    console.log(`generating ${path} (TinyLlama-1.1B shape, Q4_0) ...`);
+    const p = Bun.spawnSync([BUN, join(ROOT, "scripts", "make-model.ts"), "--out", path, "--preset", "tinyllama", "--type", "q4_0"], { stdout: "inherit", stderr: "inherit" });
+    if (p.exitCode !== 0) throw new Error("make-model failed");
+  }
+  return path;
+}
+
+interface Run {
+  tokPerSec: number;
+  wire?: string;
+  err: string;
+}
+
+function parseRun(err: string): Run {
+  const m = /decode: (\d+) tokens in ([\d.]+) s/.exec(err);
+  if (!m) throw new Error(`no decode figures in:\n${err}`);
+  return { tokPerSec: Number(m[1]) / Number(m[2]), wire: /cluster: (.*)/.exec(err)?.[1], err };
+}
+
+function runRoot(model: string, threads: number, workers?: string, ns?: string): Run {
+  const cmd = [BUN, MAIN, "--root", "-m", model, "-p", PROMPT, "-n", String(nTokens), "--temp", "0", "-t", String(threads), ...(workers ? ["--workers", workers] : [])];
+  const p = Bun.spawnSync(ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd, { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`root failed:\n${p.stderr}`);
+  return parseRun(p.stderr.toString());
+}
+
+async function startWorker(model: string, host: string, ns?: string) {
+  const t0 = performance.now();
+  const cmd = [BUN, MAIN, "--port", "0", "--host", host, "-m", model, "-t", "1"];
+  const proc = Bun.spawn(ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd, { cwd: ROOT, stdout: "ignore", stderr: "pipe" });
+  let text = "";
+  const reader = proc.stderr.getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`worker exited: ${text}`);
+    text += new TextDecoder().decode(value);
+    const m = /listening on ([\d.]+:\d+)/.exec(text);
+    if (m) return { proc, addr: m[1]!, readySeconds: (performance.now() - t0) / 1000 };
+  }
+}
+
+function rss(pid: number): { rss: number; file: number } {
+  const s = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? 0) * 1024;
+  return { rss: kb("VmRSS"), file: kb("RssFile") };
+}
+
+function sh(cmd: string): void {
+  const p = Bun.spawnSync(["sh", "-c", cmd], { stderr: "pipe" });
+  if (p.exitCode !== 0) throw new Error(`${cmd}: ${p.stderr}`);
+}
+
+const model = await modelPath();
+const size = statSync(model).size;
+console.log(`model ${model} (${(size / 2 ** 20).toFixed(0)} MiB), ${nTokens} decoded tokens, prompt "${PROMPT}"`);
+console.log(`command: bun scripts/bench-cluster.ts ${args.join(" ")}`.trimEnd());
+
+runRoot(model, 2); // warm the page cache
+const single = runRoot(model, 2);
+const w = await startWorker(model, "127.0.0.1");
+let pair: Run;
+let mem: { rss: number; file: number };
+try {
+  pair = runRoot(model, 1, w.addr);
+  mem = rss(w.proc.pid!);
+} finally {
+  w.proc.kill();
+}
+
+const rows: [string, string][] = [
+  ["1 node, 2 threads", `${single.tokPerSec.toFixed(2)} tokens/s`],
+  ["root + 1 worker on 127.0.0.1, 1 thread each", `${pair.tokPerSec.toFixed(2)} tokens/s  ratio ${(pair.tokPerSec / single.tokPerSec).toFixed(3)} (target >= 0.97)`],
+  ["  on the wire", pair.wire ?? "-"],
+  ["worker start-up to listening", `${(w.readySeconds * 1000).toFixed(0)} ms (target < 200 ms)`],
+  ["worker resident memory after the run", `${(mem.rss / 2 ** 20).toFixed(0)} MiB, of which file pages ${(mem.file / 2 ** 20).toFixed(0)} MiB = ${(mem.file / size).toFixed(2)} of the model`],
+];
+
+if (!args.includes("--no-netns") && process.getuid?.() === 0 && Bun.which("ip") && Bun.which("tc")) {
+  // two hosts: the worker in namespace dlw, the root in dlr, a veth pair between them, both ends shaped
+  const cleanup = () => Bun.spawnSync(["sh", "-c", "ip netns del dlw 2>/dev/null; ip netns del dlr 2>/dev/null"]);
+  cleanup();
+  try {
+    sh("ip netns add dlw && ip netns add dlr && ip link add dlr0 type veth peer name dlw0");
+    sh("ip link set dlw0 netns dlw && ip link set dlr0 netns dlr");
+    sh("ip -n dlw addr add 10.77.0.2/24 dev dlw0 && ip -n dlr addr add 10.77.0.1/24 dev dlr0");
+    sh("ip -n dlw link set dlw0 up && ip -n dlr link set dlr0 up && ip -n dlw link set lo up && ip -n dlr link set lo up");
+    // netem gives rate and delay; kernels built without it (CONFIG_NET_SCH_NETEM) still have tbf
+    let shaping = "netem 1 Gbit/s, 0.1 ms each way";
+    try {
+      sh("ip netns exec dlw tc qdisc add dev dlw0 root netem rate 1gbit delay 0.1ms");
+      sh("ip netns exec dlr tc qdisc add dev dlr0 root netem rate 1gbit delay 0.1ms");
+    } catch {
+      shaping = "tbf 1 Gbit/s, no added delay: this kernel has no netem";
+      sh("ip netns exec dlw tc qdisc add dev dlw0 root tbf rate 1gbit burst 64kb latency 10ms");
+      sh("ip netns exec dlr tc qdisc add dev dlr0 root tbf rate 1gbit burst 64kb latency 10ms");
+    }
+    const ping = Bun.spawnSync(["ip", "netns", "exec", "dlr", "ping", "-c", "5", "-i", "0.2", "-q", "10.77.0.2"], { stdout: "pipe" }).stdout.toString();
+    const rtt = /= [\d.]+\/([\d.]+)\//.exec(ping)?.[1];
+    const wn = await startWorker(model, "10.77.0.2", "dlw");
+    try {
+      const far = runRoot(model, 1, wn.addr, "dlr");
+      rows.push([`root + 1 worker, two netns (${shaping}${rtt ? `; ping RTT ${rtt} ms` : ""})`, `${far.tokPerSec.toFixed(2)} tokens/s  ratio ${(far.tokPerSec / single.tokPerSec).toFixed(3)} (target >= 0.9)`]);
+      rows.push(["  on the wire", far.wire ?? "-"]);
+    } finally {
+      wn.proc.kill();
+    }
+  } catch (e) {
+    rows.push(["netns run", `not possible here: ${(e as Error).message.split("\n")[0]}`]);
+  } finally {
+    cleanup();
+  }
+} else {
+  rows.push(["netns run", "skipped (needs root, ip and tc; or --no-netns)"]);
+}
+
+console.log();
+for (const [k, v] of rows) console.log(`${k.padEnd(48)} ${v}`);
