@@ -10,15 +10,17 @@
 //
 // or as a module: `await makeModel({ out, preset: "tinyllama", type: "q4_0" })`.
 //
-// Weights: matrices and biases are normal(0, 1) * 0.02 from a seeded xoshiro128** stream (Marsaglia's
-// polar form of Box-Muller), one stream per tensor seeded from (seed, tensor name), so tensors can be
-// generated in any order and on any number of threads and the file is the same byte for byte; norm
-// weights are 1.0. `tensorValues()` gives the float weights of one tensor, before quantization.
+// Weights: matrices and biases are normal(0, 1) * 0.02 from seeded xoshiro128** streams (Marsaglia's
+// polar form of Box-Muller), one stream per segment of 2^20 values of a tensor, seeded from (seed,
+// tensor name, segment index), so any part of any tensor can be generated in any order on any number
+// of threads and the file is the same byte for byte; norm weights are 1.0. `tensorValues()` gives the
+// float weights of one tensor, before quantization.
 // Quantization follows ggml's reference rules (quantize_row_q8_0_ref / quantize_row_q4_0_ref).
 //
-// The file is streamed: the header is written first, then each tensor in chunks of rows through a
-// reused buffer with positioned writes (tensors larger than a few MB are spread over worker threads),
-// so a multi-GB model never sits in memory. It is written to a temporary name and renamed at the end.
+// The file is streamed: the header is written first, then each tensor in chunks through a reused
+// buffer with positioned writes (parts of up to 4M values are spread over worker threads when the
+// model is large), so a multi-GB model never sits in memory. It is written to a temporary name and
+// renamed at the end.
 import { closeSync, ftruncateSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { dirname, resolve } from "node:path";
@@ -145,9 +147,11 @@ export function resolveSpec(o: Omit<MakeModelOptions, "out" | "threads" | "progr
   block("--ffn", "ffn", ffn);
   if (heads % kvHeads !== 0) throw new MakeModelError("--kv-heads", `${kvHeads} does not divide --heads ${heads}`);
   if (o.headDim === undefined && dim % heads !== 0) throw new MakeModelError("--heads", `${heads} does not divide --dim ${dim} (or give --head-dim)`);
-  const headDim = int("--head-dim", o.headDim, dim / heads, 2, 1 << 16);
-  if (headDim % 2 !== 0) throw new MakeModelError("--head-dim", `${headDim} must be even (RoPE rotates pairs)`);
-  block(o.headDim !== undefined ? "--head-dim" : "--heads", "heads * head_dim", heads * headDim);
+  const hdOpt = o.headDim !== undefined ? "--head-dim" : "--heads"; // the one to change
+  if (o.headDim === undefined && dim / heads < 2) throw new MakeModelError("--heads", `head_dim = dim / heads = ${dim / heads} must be at least 2`);
+  const headDim = int(hdOpt, o.headDim, dim / heads, 2, 1 << 16);
+  if (headDim % 2 !== 0) throw new MakeModelError(hdOpt, `head_dim ${headDim} must be even (RoPE rotates pairs)`);
+  block(hdOpt, "heads * head_dim", heads * headDim);
   const defaults = ARCH_DEFAULTS[arch];
   const ropeBase = o.ropeBase ?? defaults.ropeBase;
   const rmsEps = o.rmsEps ?? defaults.rmsEps;
@@ -184,10 +188,10 @@ export class NormalStream {
   private spare = 0;
   private hasSpare = false;
 
-  /** The stream of tensor `name` in a model of seed `seed` (a safe integer >= 0). */
-  constructor(seed: number, name: string) {
-    // splitmix32 over (seed low word, seed high word, name hash)
-    let z = mix32(mix32((seed >>> 0) ^ 0x243f6a88) ^ ((seed / 4294967296) >>> 0)) ^ fnv1a(name);
+  /** The stream of segment `segment` of tensor `name` in a model of seed `seed` (a safe integer >= 0). */
+  constructor(seed: number, name: string, segment = 0) {
+    // splitmix32 over (seed low word, seed high word, name hash, segment)
+    let z = mix32(mix32(mix32((seed >>> 0) ^ 0x243f6a88) ^ ((seed / 4294967296) >>> 0)) ^ fnv1a(name)) ^ mix32(segment + 0x3c6ef372);
     const next = () => (z = (z + 0x9e3779b9) | 0, mix32(z));
     this.s0 = next();
     this.s1 = next();
@@ -232,11 +236,22 @@ export class NormalStream {
 }
 
 export const WEIGHT_SCALE = 0.02;
+/** Values per independently seeded segment of a tensor (a multiple of every block size). */
+export const SEGMENT = 1 << 20;
+
+/** Values [start, start + n) of tensor `name`'s random weights into out[0..n); start is a multiple of SEGMENT. */
+function fillValues(out: Float32Array, seed: number, name: string, start: number, n: number): void {
+  for (let i = 0; i < n; ) {
+    const len = Math.min(SEGMENT, n - i);
+    new NormalStream(seed, name, (start + i) / SEGMENT).fill(out.subarray(i, i + len), len, WEIGHT_SCALE);
+    i += len;
+  }
+}
 
 /** The float weights the generator draws for tensor `name` (n values), before quantization. */
 export function tensorValues(seed: number, name: string, n: number): Float32Array {
   const out = new Float32Array(n);
-  new NormalStream(seed, name).fill(out, n, WEIGHT_SCALE);
+  fillValues(out, seed, name, 0, n);
   return out;
 }
 
@@ -536,7 +551,7 @@ export function planFile(spec: ModelSpec): FilePlan {
 
 // ---- writing -----------------------------------------------------------------------------------
 
-/** Values per chunk: the float buffer is 1 MB, the encoded one at most as large. */
+/** Values per chunk (divides SEGMENT): the float buffer is 1 MB, the encoded one at most as large. */
 const CHUNK_VALUES = 1 << 18;
 
 function writeAll(fd: number, b: Uint8Array, pos: number): void {
@@ -550,43 +565,60 @@ function writeAll(fd: number, b: Uint8Array, pos: number): void {
 
 /** Buffers reused across the tensors written by one thread. */
 class Buffers {
-  floats = new Float32Array(0);
-  bytes = new Uint8Array(0);
-  get(nFloats: number): { floats: Float32Array; bytes: Uint8Array } {
-    if (this.floats.length < nFloats) {
-      this.floats = new Float32Array(nFloats);
-      this.bytes = new Uint8Array(nFloats * 4);
-    }
-    return { floats: this.floats, bytes: this.bytes };
-  }
+  readonly floats = new Float32Array(CHUNK_VALUES);
+  readonly bytes = new Uint8Array(CHUNK_VALUES * 4);
 }
 
-/** Generates, encodes and writes one tensor in chunks of whole rows; reports written bytes (and the
- *  padding after the tensor, so the reports of all tensors add up to the data section). */
-function writeTensor(fd: number, seed: number, t: TensorPlan, bufs: Buffers, report: (bytes: number) => void): void {
-  const nIn = t.dims[0]!, rows = t.dims[1] ?? 1;
-  const rowsPerChunk = Math.max(1, Math.floor(CHUNK_VALUES / nIn));
-  const { floats, bytes } = bufs.get(rowsPerChunk * nIn);
-  const stream = t.init === "normal" ? new NormalStream(seed, t.name) : null;
-  let pos = t.offset;
-  for (let r = 0; r < rows; r += rowsPerChunk) {
-    const n = Math.min(rowsPerChunk, rows - r) * nIn;
-    if (stream) stream.fill(floats, n, WEIGHT_SCALE);
-    else floats.fill(1, 0, n);
-    const len = encode(t.type, floats, n, bytes);
-    writeAll(fd, bytes.subarray(0, len), pos);
-    pos += len;
-    report(len);
+/** A piece of work: values [start, end) of one tensor (start a multiple of SEGMENT). */
+interface Part {
+  tensor: TensorPlan;
+  start: number;
+  end: number;
+}
+
+/** Values per part handed to a worker: big tensors are split so that threads stay busy to the end. */
+export const PART_VALUES = 4 * SEGMENT;
+
+function splitParts(tensors: TensorPlan[]): Part[] {
+  const parts: Part[] = [];
+  for (const t of tensors) {
+    const n = t.dims[0]! * (t.dims[1] ?? 1);
+    for (let a = 0; a < n; a += PART_VALUES) parts.push({ tensor: t, start: a, end: Math.min(n, a + PART_VALUES) });
   }
-  if (pos !== t.offset + t.nBytes) throw new Error(`${t.name}: wrote ${pos - t.offset} bytes, expected ${t.nBytes}`);
-  const pad = Math.ceil(t.nBytes / ALIGN) * ALIGN - t.nBytes; // zeros already (the file was extended)
-  if (pad) report(pad);
+  return parts;
+}
+
+/**
+ * Generates, encodes and writes one part of a tensor in chunks through reused buffers; reports the
+ * bytes written, plus the padding after the tensor with its last part, so that the reports of all
+ * parts add up to the data section. Q-type blocks never straddle a chunk: chunks start at multiples
+ * of CHUNK_VALUES, and a row (ne0 values) is a whole number of blocks.
+ */
+function writePart(fd: number, seed: number, p: Part, bufs: Buffers, report: (bytes: number) => void): void {
+  const t = p.tensor;
+  const { floats, bytes } = bufs;
+  let stream: NormalStream | null = null;
+  for (let a = p.start; a < p.end; ) {
+    const n = Math.min(CHUNK_VALUES, p.end - a);
+    if (t.init === "normal") {
+      if (a % SEGMENT === 0) stream = new NormalStream(seed, t.name, a / SEGMENT);
+      stream!.fill(floats, n, WEIGHT_SCALE);
+    } else floats.fill(1, 0, n);
+    const len = encode(t.type, floats, n, bytes);
+    writeAll(fd, bytes.subarray(0, len), t.offset + typeBytes(t.type, a));
+    report(len);
+    a += n;
+  }
+  if (p.end === t.dims[0]! * (t.dims[1] ?? 1)) {
+    const pad = Math.ceil(t.nBytes / ALIGN) * ALIGN - t.nBytes; // zeros already (the file was extended)
+    if (pad) report(pad);
+  }
 }
 
 interface WorkerTask {
   path: string;
   seed: number;
-  tensor: TensorPlan;
+  part: Part;
 }
 type WorkerMessage = { progress: number } | { done: true } | { error: string };
 
@@ -638,17 +670,17 @@ export async function makeModel(opts: MakeModelOptions): Promise<{ path: string;
     if (typeof opts.progress === "function") opts.progress(done, total);
     if (threads === 1) {
       const bufs = new Buffers();
-      for (const t of plan.tensors) writeTensor(fd, spec.seed, t, bufs, progress);
+      for (const p of splitParts(plan.tensors)) writePart(fd, spec.seed, p, bufs, progress);
     } else {
-      await runWorkers(tmp, spec.seed, plan.tensors, threads, progress);
+      await runWorkers(tmp, spec.seed, splitParts(plan.tensors), threads, progress);
     }
-  } catch (e) {
     closeSync(fd);
+    renameSync(tmp, path);
+  } catch (e) {
+    try { closeSync(fd); } catch {}
     try { unlinkSync(tmp); } catch {}
     throw e;
   }
-  closeSync(fd);
-  renameSync(tmp, path);
   const seconds = (performance.now() - t0) / 1000;
   if (opts.progress === true) {
     if (tty) process.stderr.write("\n");
@@ -657,29 +689,29 @@ export async function makeModel(opts: MakeModelOptions): Promise<{ path: string;
   return { path, bytes: total, tensors: plan.tensors.length, seconds, spec };
 }
 
-/** Hands the tensors out, in file order, to `threads` workers as they become free. */
-function runWorkers(path: string, seed: number, tensors: TensorPlan[], threads: number, progress: (bytes: number) => void): Promise<void> {
+/** Hands the parts out, in file order, to `threads` workers as they become free. */
+function runWorkers(path: string, seed: number, parts: Part[], threads: number, progress: (bytes: number) => void): Promise<void> {
   return new Promise((resolveAll, rejectAll) => {
     const workers: Worker[] = [];
-    let next = 0, running = 0, failed = false;
+    let next = 0, running = 0, settled = false;
     const finish = (err?: Error) => {
-      if (failed) return;
-      if (err) failed = true;
+      if (settled) return;
+      settled = true;
       for (const w of workers) void w.terminate();
       if (err) rejectAll(err);
       else resolveAll();
     };
     const feed = (w: Worker) => {
-      if (next < tensors.length) {
+      if (next < parts.length) {
         running++;
-        w.postMessage({ path, seed, tensor: tensors[next++]! } satisfies WorkerTask);
+        w.postMessage({ path, seed, part: parts[next++]! } satisfies WorkerTask);
       } else if (running === 0) finish();
     };
-    for (let i = 0; i < Math.min(threads, tensors.length); i++) {
+    for (let i = 0; i < Math.min(threads, parts.length); i++) {
       const w = new Worker(import.meta.path, { workerData: { makeModelWorker: true } });
       workers.push(w);
       w.on("message", (m: WorkerMessage) => {
-        if (failed) return;
+        if (settled) return;
         if ("progress" in m) progress(m.progress);
         else if ("error" in m) finish(new Error(`make-model worker: ${m.error}`));
         else {
@@ -688,6 +720,7 @@ function runWorkers(path: string, seed: number, tensors: TensorPlan[], threads: 
         }
       });
       w.on("error", (e) => finish(e instanceof Error ? e : new Error(String(e))));
+      w.on("exit", (code) => finish(new Error(`make-model worker exited (code ${code}) before the model was complete`)));
       feed(w);
     }
   });
@@ -700,7 +733,7 @@ if (!isMainThread && (workerData as { makeModelWorker?: boolean } | null)?.makeM
     try {
       fd = openSync(task.path, "r+");
       let pending = 0;
-      writeTensor(fd, task.seed, task.tensor, bufs, (n) => {
+      writePart(fd, task.seed, task.part, bufs, (n) => {
         pending += n;
         if (pending >= 8 << 20) {
           parentPort!.postMessage({ progress: pending } satisfies WorkerMessage);
@@ -712,7 +745,7 @@ if (!isMainThread && (workerData as { makeModelWorker?: boolean } | null)?.makeM
       parentPort!.postMessage({ done: true } satisfies WorkerMessage);
     } catch (e) {
       if (fd >= 0) try { closeSync(fd); } catch {}
-      parentPort!.postMessage({ error: `${task.tensor.name}: ${(e as Error).message}` } satisfies WorkerMessage);
+      parentPort!.postMessage({ error: `${task.part.tensor.name}: ${(e as Error).message}` } satisfies WorkerMessage);
     }
   });
 }
