@@ -8,6 +8,8 @@ import { join } from "node:path";
 import { type Arch, ensureNative, libraryPath } from "./build-native";
 
 const ROOT = join(import.meta.dir, "..");
+/** The demo model every binary carries: `dairllm-worker --root` with no --model runs it. */
+const DEMO = join(ROOT, "test", "fixtures", "demo", "dairllm-demo-13m-q4_0.gguf");
 const TARGETS: { name: string; bunTarget: string; arch: Arch }[] = [
   { name: "linux-x64", bunTarget: "bun-linux-x64", arch: "x86_64" },
   { name: "linux-x64-baseline", bunTarget: "bun-linux-x64-baseline", arch: "x86_64" },
@@ -34,9 +36,11 @@ for (const t of TARGETS.filter((x) => only.includes(x.name))) {
     entry,
     [
       `import lib from ${JSON.stringify(lib)} with { type: "file" };`,
+      `import demo from ${JSON.stringify(DEMO)} with { type: "file" };`,
       `import { setEmbeddedLibrary } from ${JSON.stringify(join(ROOT, "src", "native", "ffi.ts"))};`,
-      `import { exitWith, runCli } from ${JSON.stringify(join(ROOT, "src", "main.ts"))};`,
+      `import { exitWith, runCli, setBuildInfo } from ${JSON.stringify(join(ROOT, "src", "main.ts"))};`,
       "setEmbeddedLibrary(lib);",
+      `setBuildInfo({ target: ${JSON.stringify(t.name)}, defaultModel: demo });`,
       "exitWith(await runCli(process.argv.slice(2)));",
       "",
     ].join("\n"),

@@ -1,5 +1,6 @@
 // dairllm-worker: the command line (and the entry point of the compiled binary).
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { type FlagSpec, formatHelp, parseArgs, type ParsedFlags, UsageError } from "./cli/args";
 import { evaluateLogits, generate, openEngine, perplexity } from "./engine";
 import { GGUFError, GGUFFile, ggmlTypeName } from "./model/gguf";
@@ -9,8 +10,22 @@ import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
 import { startWorker } from "./cluster/worker";
+import { selftest } from "./selftest";
 import type { WireType } from "./cluster/protocol";
 import pkg from "../package.json";
+
+/** What the compiled entry points register: the target and the embedded demo model. */
+const build = { target: `source checkout (${process.platform}-${process.arch})`, defaultModel: "" };
+export function setBuildInfo(info: { target: string; defaultModel: string }): void {
+  Object.assign(build, info);
+}
+const DEMO_PROMPT = "def fibonacci(n):";
+
+function defaultModel(): string {
+  if (build.defaultModel) return build.defaultModel;
+  const dev = join(import.meta.dir, "..", "test", "fixtures", "demo", "dairllm-demo-13m-q4_0.gguf");
+  return existsSync(dev) ? dev : "";
+}
 
 const THREADS: FlagSpec = { name: "threads", short: "t", type: "int", value: "N", min: 1, max: 256, help: `native threads (default: ${navigator.hardwareConcurrency}, the cores of this machine)` };
 const MODEL: FlagSpec = { name: "model", short: "m", type: "string", value: "FILE", help: "the GGUF model file" };
@@ -47,6 +62,7 @@ const USAGE = `dairllm-worker ${pkg.version}: run large language models on small
 usage:
   dairllm-worker --root --model M.gguf --prompt TEXT [options]   generate text (with --workers: on a cluster)
   dairllm-worker --port 9998 --model M.gguf [--secret S]          be a worker for a root
+  dairllm-worker selftest                                         check every SIMD variant of this CPU against the references
   dairllm-worker inspect M.gguf                                   architecture, dims, tensor types and sizes
   dairllm-worker verify M.gguf [--full]                           size and MD5 checksums (the cluster's file identity)
   dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
@@ -75,6 +91,8 @@ function defaultCtx(modelCtx: number): number {
 async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
+    case "selftest":
+      return selftest((l) => console.log(l)) ? 0 : 1;
     case "inspect":
       return inspect(rest);
     case "verify":
@@ -92,16 +110,23 @@ async function run(argv: string[]): Promise<number> {
     return 0;
   }
   if (flags.version) {
-    console.log(`dairllm-worker ${pkg.version} (bun ${Bun.version}, ${process.platform}-${process.arch})`);
+    console.log(`dairllm-worker ${pkg.version}, target ${build.target}, bun ${Bun.version}`);
     return 0;
   }
-  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: inspect, verify, tokenize, logits, perplexity; or --root)`);
+  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: selftest, inspect, verify, tokenize, logits, perplexity; or --root)`);
   if (!flags.root) {
     if (flags.port === undefined && flags.host === undefined) throw new UsageError("nothing to do: pass --root to generate, --port to be a worker, or a command; see --help");
     return worker(flags);
   }
-  const path = need(flags, "model", "the GGUF file to run");
-  const prompt = need(flags, "prompt", "the text to continue");
+  let path = flags.model as string | undefined;
+  let prompt = flags.prompt as string | undefined;
+  if (path === undefined) {
+    path = defaultModel();
+    if (!path) throw new UsageError("--model is required (the GGUF file to run)");
+    prompt ??= DEMO_PROMPT;
+    process.stderr.write(`no --model: running the built-in demo model (dairllm-demo-13m, trained on Python code)${flags.prompt === undefined ? ` on the prompt ${JSON.stringify(prompt)}` : ""}\n`);
+  }
+  if (prompt === undefined || prompt === "") throw new UsageError("--prompt is required (the text to continue)");
   const kv = flags.kv ?? "f32";
   if (kv !== "f32" && kv !== "f16") throw new UsageError(`--kv must be f32 or f16 (got ${String(kv)})`);
   const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
@@ -158,7 +183,8 @@ function clusterOptions(flags: ParsedFlags) {
 }
 
 async function worker(flags: ParsedFlags): Promise<number> {
-  const path = need(flags, "model", "the GGUF file this worker computes from (the same file as the root's)");
+  const path = (flags.model as string | undefined) ?? defaultModel();
+  if (!path) throw new UsageError("--model is required (the GGUF file this worker computes from: the same file as the root's)");
   const w = await startWorker({
     host: String(flags.host ?? "0.0.0.0"),
     port: (flags.port as number | undefined) ?? 9998,

@@ -1,7 +1,7 @@
 // GGUF reader (v2 and v3). The file is memory-mapped (Bun.mmap) and tensors are zero-copy views
 // into it. A GGUF is untrusted input: every count, length, offset, type id and dimension is checked
 // against the file before it is used, and a bad file gets a GGUFError naming the field and the value.
-import { existsSync, type Stats, statSync } from "node:fs";
+import { existsSync, readFileSync, type Stats, statSync } from "node:fs";
 
 export class GGUFError extends Error {
   constructor(path: string, message: string) {
@@ -321,7 +321,8 @@ export class GGUFFile {
     if (st.size === 0) throw new GGUFError(path, "the file is empty");
     let bytes: Uint8Array;
     try {
-      bytes = Bun.mmap(path, { shared: false });
+      // a file embedded in a compiled binary is not a real file: read it (small: the demo model)
+      bytes = path.startsWith("/$bunfs/") ? new Uint8Array(readFileSync(path)) : Bun.mmap(path, { shared: false });
     } catch (e) {
       throw new GGUFError(path, `cannot be mapped: ${(e as Error).message}`);
     }
