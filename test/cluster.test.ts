@@ -235,3 +235,16 @@ test("--verify full compares the whole file's MD5 with every worker", async () =
     stop([w!]);
   }
 }, 30_000);
+
+test("more nodes than KV heads: the demo model (2 KV heads) on a root and two workers gives llama.cpp's text", async () => {
+  const greedy = await Bun.file(join(import.meta.dir, "fixtures", "demo", "greedy.json")).json();
+  const ref = greedy.prompts["def fibonacci(n):"].by_type.q4_0;
+  const ws = await workers(DEMO, 2);
+  try {
+    const r = root("--root", "-m", DEMO, "-p", "def fibonacci(n):", "-n", String(ref.gen_ids.length), "--temp", "0", "--kv", "f16", "--workers", ws.map((w) => w.addr).join(","), "--wire", "f32");
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(`${ref.gen_text}\n`);
+  } finally {
+    stop(ws);
+  }
+}, 30_000);

@@ -4,7 +4,8 @@
 // query heads, their KV cache and their columns of the attention output projection) and a contiguous
 // range of feed-forward rows (with the matching columns of the down projection). Each node's outputs
 // of Wo and Wdown are partial sums of the full result: two reductions per layer. Any node count up to
-// the number of KV heads works, with uneven shares (they differ by at most one head / one block).
+// the number of KV heads works, with uneven shares (they differ by at most one head / one block);
+// beyond that, query heads are split and KV heads shared by two nodes are computed by both.
 import type { ModelConfig } from "../model/config";
 
 export interface Range {
@@ -32,9 +33,7 @@ export function splitRange(n: number, nth: number, ith: number): Range {
 /** The slices of all `nodes` nodes. `align` is the column granularity the weights need (32 for Q8_0/Q4_0). */
 export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
   if (!Number.isInteger(nodes) || nodes < 1) throw new Error(`node count ${nodes} must be a whole number >= 1`);
-  if (nodes > c.nKvHeads) {
-    throw new Error(`${nodes} nodes are more than the model's ${c.nKvHeads} KV heads: at most ${c.nKvHeads} nodes can share it`);
-  }
+  if (nodes > c.nHeads) throw new Error(`${nodes} nodes are more than the model's ${c.nHeads} attention heads: at most ${c.nHeads} nodes can share it`);
   const group = c.nHeads / c.nKvHeads;
   // attention output columns of a node are whole heads; they must not cut a quant block
   if (nodes > 1 && (c.headDim * group) % align !== 0) {
@@ -47,15 +46,24 @@ export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
   const unit = nodes > 1 ? align : 1;
   const out: Slice[] = [];
   for (let i = 0; i < nodes; i++) {
-    const kv = splitRange(c.nKvHeads, nodes, i);
     const f = splitRange(ffnBlocks, nodes, i);
-    out.push({
-      node: i,
-      nodes,
-      kvHeads: kv,
-      heads: { start: kv.start * group, end: kv.end * group },
-      ffn: { start: f.start * unit, end: f.end * unit },
-    });
+    let kvHeads: Range, heads: Range;
+    if (nodes <= c.nKvHeads) {
+      // whole KV groups: no KV head is computed twice
+      kvHeads = splitRange(c.nKvHeads, nodes, i);
+      heads = { start: kvHeads.start * group, end: kvHeads.end * group };
+    } else {
+      // more nodes than KV heads: split the query heads; a KV head shared by two nodes is computed
+      // (and cached) by both
+      heads = splitRange(c.nHeads, nodes, i);
+      kvHeads = { start: Math.floor(heads.start / group), end: Math.floor((heads.end - 1) / group) + 1 };
+      const nh = heads.end - heads.start, nkv = kvHeads.end - kvHeads.start;
+      const uniform = nh % nkv === 0 && Array.from({ length: nh }, (_, j) => j).every((j) => Math.floor((heads.start + j) / group) === kvHeads.start + Math.floor(j / (nh / nkv)));
+      if (!uniform || (nodes > 1 && (heads.start * c.headDim) % align !== 0)) {
+        throw new Error(`${nodes} nodes cannot share this model's ${c.nHeads} heads / ${c.nKvHeads} KV heads (node ${i} would get heads ${heads.start}..${heads.end - 1} across KV groups unevenly); use at most ${c.nKvHeads} nodes or a count that divides the heads evenly`);
+      }
+    }
+    out.push({ node: i, nodes, kvHeads, heads, ffn: { start: f.start * unit, end: f.end * unit } });
   }
   return out;
 }

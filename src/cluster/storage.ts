@@ -16,7 +16,7 @@
 //
 // Files are read through file descriptors into one reused buffer (at most 4 MiB in memory), never
 // mapped and never loaded whole, so any size works, including files larger than RAM.
-import { constants, type Stats } from "node:fs";
+import { constants, readFileSync, type Stats } from "node:fs";
 import { type FileHandle, open, stat } from "node:fs/promises";
 
 export const MiB = 1 << 20;
@@ -56,6 +56,7 @@ export function sizeBytes(size: number): Uint8Array {
 
 /** Size, fast MD5 and (with `full`) the MD5 of the whole file. Errors name the path and the problem. */
 export async function fileIdentity(path: string, opts: IdentityOptions = {}): Promise<FileIdentity> {
+  if (path.startsWith("/$bunfs/")) return embeddedIdentity(path, opts);
   // stat before open: opening a FIFO would block, and a directory opens fine on Linux.
   checkKind(path, await stat(path).catch((e) => fail(path, e)));
   const fh = await open(path, constants.O_RDONLY).catch((e) => fail(path, e));
@@ -95,6 +96,21 @@ export async function fileIdentity(path: string, opts: IdentityOptions = {}): Pr
   } finally {
     await fh.close().catch(() => {});
   }
+}
+
+/** A file embedded in a compiled binary (the demo model): small, read whole, same rule. */
+function embeddedIdentity(path: string, opts: IdentityOptions): FileIdentity {
+  const bytes = new Uint8Array(readFileSync(path));
+  const fast = new Bun.CryptoHasher("md5");
+  for (const [off, len] of sampleRanges(bytes.length)) fast.update(bytes.subarray(off, off + len));
+  fast.update(sizeBytes(bytes.length));
+  const id: FileIdentity = { path, size: bytes.length, fastMd5: fast.digest("hex") };
+  if (opts.full) {
+    opts.onProgress?.(0, bytes.length);
+    id.fullMd5 = new Bun.CryptoHasher("md5").update(bytes).digest("hex");
+    opts.onProgress?.(bytes.length, bytes.length);
+  }
+  return id;
 }
 
 export class StorageError extends Error {
