@@ -37,5 +37,33 @@ for cpu in cortex-a72 cortex-a76; do
       test/kernels.test.ts test/native.test.ts >"$log" 2>&1; then status=1; fi
   grep -vE '^\(pass\)' "$log" | tail -n 25
 done
+
+# The arm64 executable: selftest on both CPUs, the same greedy tokens as the x64 one, and a mixed
+# cluster (root on x64, worker on emulated arm64).
+echo "== arm64 executable"
+npx bun scripts/build-binaries.ts --only linux-x64,linux-arm64
+x64=dist/dairllm-worker-linux-x64
+arm=dist/dairllm-worker-linux-arm64
+model=test/fixtures/models/mini-q4_0.gguf
+args=(--root -m "$model" -p "The old man and the sea" -n 24 --temp 0)
+want=$("$x64" "${args[@]}" 2>/dev/null)
+for cpu in cortex-a72 cortex-a76; do
+  qemu="qemu-aarch64 -L $sysroot -cpu $cpu"
+  if $qemu "$arm" selftest >"$log" 2>&1; then echo "arm64 ($cpu) selftest: passed"; else echo "arm64 ($cpu) selftest: FAILED"; cat "$log"; status=1; fi
+  got=$($qemu "$arm" "${args[@]}" 2>/dev/null) || true
+  if [ "$got" = "$want" ]; then echo "arm64 ($cpu) greedy generation: same text as x64"; else echo "arm64 ($cpu) greedy generation DIFFERS: '$got' vs '$want'"; status=1; fi
+  demo_x64=$("$x64" --root -n 16 --temp 0 2>/dev/null)
+  demo_arm=$($qemu "$arm" --root -n 16 --temp 0 2>/dev/null) || true
+  if [ "$demo_arm" = "$demo_x64" ]; then echo "arm64 ($cpu) embedded demo model: same text as x64"; else echo "arm64 ($cpu) embedded demo model DIFFERS"; status=1; fi
+done
+qemu-aarch64 -L $sysroot -cpu cortex-a72 "$arm" --port 0 --host 127.0.0.1 -m "$model" -t 1 2>"$log" &
+wpid=$!
+for _ in $(seq 100); do grep -q "listening on" "$log" && break; sleep 0.1; done
+addr=$(grep -o 'listening on [0-9.]*:[0-9]*' "$log" | awk '{print $3}')
+got=$("$x64" "${args[@]}" --workers "$addr" 2>/dev/null) || true
+kill $wpid 2>/dev/null
+if [ -n "$addr" ] && [ "$got" = "$want" ]; then echo "root on x64 + worker on arm64 (cortex-a72): same text"; else echo "mixed-architecture cluster FAILED ($addr): '$got'"; cat "$log"; status=1; fi
+echo "binary sizes: $(ls -l dist/dairllm-worker-* | awk '{printf "%s %.1f MiB; ", $9, $5/1048576}')"
 rm -f "$log"
+echo "arm64 checks: $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status
