@@ -29,7 +29,6 @@ describe("usage", () => {
       [["--root", "--tmep", "0.5"], /unknown option --tmep \(did you mean --temp\?\)/],
       [["--root", "-m", "x.gguf", "-p", "hi", "-n", "abc"], /--n-predict: "abc" is not a number/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--threads", "0"], /--threads: 0 is below the minimum 1/],
-      [["--root", "-p", "hi"], /--model is required/],
       [["--root", "-m", "x.gguf"], /--prompt is required/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--kv", "q8"], /--kv must be f32 or f16/],
       [["-m", "x.gguf"], /nothing to do/],
@@ -41,6 +40,12 @@ describe("usage", () => {
       expect(r.err).toMatch(msg);
       expect(r.code).toBe(2);
     }
+  });
+
+  test("--root without --model runs the demo model, saying so", () => {
+    const r = cli("--root", "-n", "4", "--temp", "0");
+    expect(r.code).toBe(0);
+    expect(r.err).toContain("no --model: running the built-in demo model");
   });
 
   test("a missing or broken model file is an error naming the file (exit 1)", () => {
