@@ -99,7 +99,7 @@ const shapes: [GGMLType, string, number][] = [
   [GGMLType.Q8_0, "Q8_0", quick ? 1536 : 6144],
   [GGMLType.F16, "F16", quick ? 1024 : 4096],
 ];
-const runs = quick ? 3 : 8;
+const runs = quick ? 3 : 12;
 const threadCounts = [1, 2];
 const kernels = new Map(threadCounts.map((t) => [t, createNativeKernels(t, variant)]));
 
