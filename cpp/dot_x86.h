@@ -195,6 +195,8 @@ static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t n
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
+#define DL_DOTR_TOKENS 2
+#define DL_HAVE_DOTRT_Q4_0
 
 static inline __m512i load4x16(const uint8_t *p, int64_t stride) {
     __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));
@@ -253,41 +255,62 @@ static inline __m512 q8_scales16(const uint8_t *p) {
  * the row length. Short rows (2048 values = 1152 bytes of Q4_0) end before the hardware prefetcher
  * ramps up on each of the four streams, so without this they run at a third of the bandwidth. */
 
-static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                            const block_q8_0 *x, int64_t nb) {
+/* R weight rows (R <= 4) against T activation rows (T <= 2): s[t * R + r]. Each weight step is loaded
+ * and unpacked once for all T tokens, each activation step once for all R rows. */
+static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                             const block_q8_0 *x, const int T, int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 acc[DL_DOTR_ROWS];
-    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     int64_t b = 0;
     while (nb - b >= 4) {
         const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
         const __mmask16 m = (__mmask16)((1u << g) - 1);
-        const __m512 sx = g == 16 ? q8_scales16((const uint8_t *)(x + b)) : gather_scales((const uint8_t *)(x + b), 34, m);
-        __m512 sc[DL_DOTR_ROWS];
+        __m512 sx[DL_DOTR_TOKENS], sw[DL_DOTR_ROWS];
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
+            sx[t] = g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
+        }
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * row_bytes + b * 18;
-            sc[r] = _mm512_mul_ps(g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m), sx);
+            sw[r] = g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m);
             for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + R * row_bytes + o, _MM_HINT_T1);
         }
         for (int64_t k = 0; k < g; k += 4, b += 4) {
-            const uint8_t *xb = (const uint8_t *)(x + b);
-            const __m512i xlo = load4x16(xb + 2, 34), xhi = load4x16(xb + 18, 34);
-            /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
-            const __m512i neg = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo), c8, xhi));
             const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
+            __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
+            __m512 lx[DL_DOTR_TOKENS];
+            for (int t = 0; t < T; t++) {
+                const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
+                xlo[t] = load4x16(xb + 2, 34);
+                xhi[t] = load4x16(xb + 18, 34);
+                /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
+                neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
+                lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
+            }
             for (int r = 0; r < R; r++) {
                 const __m512i q = load4x16(w + r * row_bytes + b * 18 + 2, 18);
-                const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg, _mm512_and_si512(q, m4), xlo),
-                                                      _mm512_and_si512(_mm512_srli_epi16(q, 4), m4), xhi);
-                acc[r] = _mm512_fmadd_ps(_mm512_permutexvar_ps(lane, sc[r]), _mm512_cvtepi32_ps(d), acc[r]);
+                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
+                for (int t = 0; t < T; t++) {
+                    const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
+                }
             }
         }
     }
-    for (int r = 0; r < R; r++) {
-        s[r] = _mm512_reduce_add_ps(acc[r]);
-        if (b < nb) s[r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + b, nb - b);
-    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            s[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
+            if (b < nb) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
+        }
+}
+
+static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const block_q8_0 *x, int64_t nb) {
+    dotrt_q4_0(s, w, row_bytes, R, x, 1, nb);
 }
 
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
