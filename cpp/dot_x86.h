@@ -195,7 +195,7 @@ static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t n
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
-#define DL_DOTR_TOKENS 2
+#define DL_DOTR_TOKENS 4
 #define DL_HAVE_DOTRT_Q4_0
 
 static inline __m512i load4x16(const uint8_t *p, int64_t stride) {
