@@ -108,6 +108,9 @@ export class Conn {
     }
     const n = this.socket.write(bytes);
     if (n < bytes.length) this.pending.push(bytes.subarray(n));
+    // send now: the root computes its own slice right after sending, and a write left in Bun's
+    // buffer until the next event-loop turn would make the worker wait for that computation
+    this.socket.flush();
   }
 
   nextSeq(): number {
