@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "nod
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { GGML_TYPES, GGUFError, GGUFFile, GGUFValueType, ggmlTypeName, type GGUFArray } from "../src/model/gguf";
+import { mulberry32 as prng } from "../src/model/sampler";
 
 const FIX = join(import.meta.dir, "fixtures");
 const MODELS = ["tiny-f32", "tiny-f16", "tiny-q8_0", "tiny-q4_0", "mini-f32", "mini-q8_0", "mini-q4_0", "odd-q4_0", "qwen2-tiny-f32", "qwen2-tiny-q8_0"];
@@ -272,17 +273,6 @@ describe("fixtures", () => {
 // 2. Seeded fuzzing: truncations and mutations of real fixtures
 // ---------------------------------------------------------------------------------------------
 
-/** mulberry32: a small deterministic PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KINDS = ["number", "string", "boolean", "array"] as const;
 

@@ -34,6 +34,7 @@ import {
 } from "../src/cluster/protocol";
 import { GGMLType } from "../src/native/types";
 import { createTsKernels } from "../src/native/ts-kernels";
+import { mulberry32 } from "../src/model/sampler";
 
 const kernels = createTsKernels();
 
@@ -97,16 +98,6 @@ function decodePayload(type: MessageType, payload: Uint8Array): Message {
   return decodeMessage({ type, payload });
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function standardNormal(n: number, seed: number): Float32Array {
   const rnd = mulberry32(seed);

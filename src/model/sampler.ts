@@ -27,8 +27,8 @@ export function argmax(logits: Float32Array): number {
   return best;
 }
 
-/** mulberry32: small, fast, and the same sequence on every platform. */
-function rng(seed: number): () => number {
+/** mulberry32: small, fast, and the same sequence on every platform; uniform in [0, 1). */
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -51,7 +51,7 @@ export class Sampler {
     if (!(o.topP > 0 && o.topP <= 1)) throw new Error(`top-p ${o.topP} must be in (0, 1]`);
     if (!(o.minP >= 0 && o.minP < 1)) throw new Error(`min-p ${o.minP} must be in [0, 1)`);
     if (!(o.repeatPenalty > 0)) throw new Error(`repeat penalty ${o.repeatPenalty} must be > 0`);
-    this.random = rng(o.seed);
+    this.random = mulberry32(o.seed);
   }
 
   /** Remembers tokens for the repetition penalty (the prompt, then each sampled token). */

@@ -11,7 +11,7 @@
 // Byte views (weights, Q8_0 activations) may start at any byteOffset; blocks are read byte by byte, so
 // no alignment is assumed. Typed-array layouts assume a little-endian host (as GGUF and the C library do).
 
-import type { Bytes, GGMLType, Kernels, RopeMode } from "./types";
+import { type Bytes, type GGMLType, type Kernels, type RopeMode, TYPE_TRAITS, type TypeTraits } from "./types";
 
 // Local copies of the type ids (types.ts declares them as a const enum).
 const T_F32 = 0;
@@ -24,20 +24,6 @@ const QK = 32; // values per Q8_0 / Q4_0 block
 const Q8_0_BYTES = 34;
 const Q4_0_BYTES = 18;
 
-interface Traits {
-  name: string;
-  blockValues: number;
-  blockBytes: number;
-  activation: number;
-}
-
-const TRAITS: { [id: number]: Traits | undefined } = {
-  [T_F32]: { name: "F32", blockValues: 1, blockBytes: 4, activation: T_F32 },
-  [T_F16]: { name: "F16", blockValues: 1, blockBytes: 2, activation: T_F16 },
-  [T_BF16]: { name: "BF16", blockValues: 1, blockBytes: 2, activation: T_BF16 },
-  [T_Q8_0]: { name: "Q8_0", blockValues: QK, blockBytes: Q8_0_BYTES, activation: T_Q8_0 },
-  [T_Q4_0]: { name: "Q4_0", blockValues: QK, blockBytes: Q4_0_BYTES, activation: T_Q8_0 },
-};
 
 const fround = Math.fround;
 
@@ -175,8 +161,8 @@ function need(k: string, name: string, have: number, want: number, unit: string)
   if (have < want) fail(k, `${name} holds ${have} ${unit}, the sizes given need ${want}`);
 }
 
-function typeTraits(k: string, type: number): Traits {
-  const t = typeof type === "number" ? TRAITS[type] : undefined;
+function typeTraits(k: string, type: number): TypeTraits {
+  const t = typeof type === "number" ? TYPE_TRAITS.get(type) : undefined;
   if (!t) fail(k, `type id ${String(type)} is not supported (supported: F32=0, F16=1, Q4_0=2, Q8_0=8, BF16=30)`);
   return t;
 }
@@ -310,7 +296,7 @@ function matmul(out: Float32Array, ldo: number, w: Bytes, wtype: GGMLType, x: By
   view(K, "w", w);
   view(K, "x", x);
   const wt = typeTraits(K, wtype);
-  const xt = TRAITS[wt.activation] as Traits;
+  const xt = TYPE_TRAITS.get(wt.activation)!;
   int(K, "n_in", nIn, 1);
   if (nIn % wt.blockValues !== 0) fail(K, `n_in ${nIn} is not a multiple of the ${wt.name} block size ${wt.blockValues}`);
   int(K, "r0", r0, 0);
