@@ -22,6 +22,8 @@ export interface Engine {
   readonly loadSeconds: number;
   /** the workers, when the model runs on a cluster */
   readonly peers: ClusterPeers | null;
+  /** the context size the caches (and the workers') are made for */
+  readonly ctx: number;
   close(): void;
 }
 
@@ -33,8 +35,9 @@ export interface EngineOptions {
   secret?: string;
   /** compare the full-file MD5 with every worker (reads the whole file on every node) */
   verifyFull?: boolean;
-  /** context size and KV cache type: the workers allocate their caches at connection time */
-  ctx?: number;
+  /** context size (or a rule from the model's trained context; default: at most 4096) and KV cache
+   *  type: the workers allocate their caches at connection time */
+  ctx?: number | ((modelContext: number) => number);
   kv?: GGMLType.F32 | GGMLType.F16;
 }
 
@@ -48,6 +51,7 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
   if (tokenizer.vocabSize !== config.vocabSize) {
     throw new Error(`${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model ${config.vocabSize}`);
   }
+  const ctx = typeof o.ctx === "function" ? o.ctx(config.contextLength) : (o.ctx ?? Math.min(config.contextLength, 4096));
   let peers: ClusterPeers | null = null;
   let model: LlamaModel;
   if (o.workers?.length) {
@@ -57,7 +61,7 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
       workers: o.workers,
       secret: o.secret,
       wire: o.wire ?? GGMLType.Q8_0,
-      nCtx: o.ctx ?? Math.min(config.contextLength, 4096),
+      nCtx: ctx,
       kvType: o.kv ?? GGMLType.F32,
       verifyFull: o.verifyFull,
     });
@@ -66,7 +70,7 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
     model = new LlamaModel(config, weights, kernels);
   }
   const p = peers;
-  return { path, gguf, config, model, tokenizer, kernels, peers, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
+  return { path, gguf, config, model, tokenizer, kernels, peers, ctx, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
 }
 
 export interface GenerateOptions {

@@ -84,10 +84,6 @@ function noPositional(cmd: string, positional: string[]): void {
   if (positional.length) throw new UsageError(`${cmd}: unexpected argument ${JSON.stringify(positional[0])}`);
 }
 
-function defaultCtx(modelCtx: number): number {
-  return Math.min(modelCtx, 4096);
-}
-
 async function run(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   switch (cmd) {
@@ -130,9 +126,8 @@ async function run(argv: string[]): Promise<number> {
   const kv = flags.kv ?? "f32";
   if (kv !== "f32" && kv !== "f16") throw new UsageError(`--kv must be f32 or f16 (got ${String(kv)})`);
   const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
-  const ctx0 = flags.ctx as number | undefined;
-  const e = await openEngine(path, { ...clusterOptions(flags), kv: kv === "f16" ? GGMLType.F16 : GGMLType.F32, ctx: ctx0 });
-  const ctx = ctx0 ?? defaultCtx(e.config.contextLength);
+  const e = await openEngine(path, { ...clusterOptions(flags), kv: kv === "f16" ? GGMLType.F16 : GGMLType.F32, ctx: flags.ctx as number | undefined });
+  const ctx = e.ctx;
   process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}${e.peers ? `; ${e.peers.conns.length} worker(s)` : ""}\n`);
   const stats = await generate(e, {
     prompt,
@@ -282,8 +277,8 @@ async function ppl(argv: string[]): Promise<number> {
   noPositional("perplexity", positional);
   const path = need(flags, "model", "the GGUF file");
   const text = readText(need(flags, "file", "the text to score"));
-  const ctx = (flags.ctx as number | undefined) ?? Math.min(readConfig(GGUFFile.open(path)).contextLength, 512);
-  const e = await openEngine(path, { ...clusterOptions(flags), ctx });
+  const e = await openEngine(path, { ...clusterOptions(flags), ctx: (flags.ctx as number | undefined) ?? ((modelCtx) => Math.min(modelCtx, 512)) });
+  const ctx = e.ctx;
   const r = await perplexity(e, text, ctx, (i, n, p) => process.stderr.write(`\rchunk ${i}/${n}: running PPL ${p.toFixed(4)}`));
   process.stderr.write("\n");
   e.close();
