@@ -11,6 +11,7 @@ import { ClusterPeers } from "./cluster/root";
 import { fileIdentity, progressBar } from "./cluster/storage";
 import { alignmentOf } from "./cluster/worker";
 import type { WireType } from "./cluster/protocol";
+import { Profiler, profiledKernels } from "./profile/profiler";
 
 export interface Engine {
   readonly path: string;
@@ -24,6 +25,8 @@ export interface Engine {
   readonly peers: ClusterPeers | null;
   /** the context size the caches (and the workers') are made for */
   readonly ctx: number;
+  /** set when opened with `profile`: the root's counters (the workers keep their own) */
+  readonly prof: Profiler | null;
   close(): void;
 }
 
@@ -39,6 +42,8 @@ export interface EngineOptions {
    *  type: the workers allocate their caches at connection time */
   ctx?: number | ((modelContext: number) => number);
   kv?: GGMLType.F32 | GGMLType.F16;
+  /** time every operation, on this node and on the workers (see src/profile/profiler.ts) */
+  profile?: boolean;
 }
 
 export async function openEngine(path: string, o: EngineOptions): Promise<Engine> {
@@ -52,6 +57,8 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
     throw new Error(`${path}: the tokenizer has ${tokenizer.vocabSize} tokens but the model ${config.vocabSize}`);
   }
   const ctx = typeof o.ctx === "function" ? o.ctx(config.contextLength) : (o.ctx ?? Math.min(config.contextLength, 4096));
+  const prof = o.profile ? new Profiler() : null;
+  const modelKernels = prof ? profiledKernels(kernels, prof) : kernels;
   let peers: ClusterPeers | null = null;
   let model: LlamaModel;
   if (o.workers?.length) {
@@ -64,13 +71,14 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
       nCtx: ctx,
       kvType: o.kv ?? GGMLType.F32,
       verifyFull: o.verifyFull,
+      profiler: prof,
     });
-    model = new LlamaModel(config, weights, kernels, slices[0]!, peers);
+    model = new LlamaModel(config, weights, modelKernels, slices[0]!, peers, prof);
   } else {
-    model = new LlamaModel(config, weights, kernels);
+    model = new LlamaModel(config, weights, modelKernels, undefined, null, prof);
   }
   const p = peers;
-  return { path, gguf, config, model, tokenizer, kernels, peers, ctx, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
+  return { path, gguf, config, model, tokenizer, kernels, peers, ctx, prof, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
 }
 
 export interface GenerateOptions {

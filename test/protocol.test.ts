@@ -423,7 +423,7 @@ describe("round trips", () => {
       [MessageType.Ping, 4],
     ]);
     expect(w.length).toBe(0);
-    expect(() => w.begin(MessageType.Ping, { seq: 1, flags: 4 })).toThrow("reserved bits");
+    expect(() => w.begin(MessageType.Ping, { seq: 1, flags: 8 })).toThrow("reserved bits");
     expect(() => w.begin(0 as MessageType, { seq: 1 })).toThrow("not a message type");
   });
 
@@ -545,7 +545,7 @@ describe("ProtocolError on bad frames", () => {
 
   test("nonzero reserved, reserved flag bits, unknown type", () => {
     expectProtocolError(() => new Framer().push(rawHeader({ reserved: 1 })), "reserved", "reserved is 0x0001, must be 0");
-    expectProtocolError(() => new Framer().push(rawHeader({ flags: 0x8001 })), "flags", "flags 0x8001 has reserved bits set (only 0x1 is defined)");
+    expectProtocolError(() => new Framer().push(rawHeader({ flags: 0x8001 })), "flags", "flags 0x8001 has reserved bits set (only 0x7 are defined)");
     expectProtocolError(() => new Framer().push(rawHeader({ type: 0 })), "type", "type 0 is not a message type (1..16)");
     expectProtocolError(() => new Framer().push(rawHeader({ type: 17 })), "type", "type 17 is not a message type (1..16)");
   });

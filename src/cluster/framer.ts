@@ -7,7 +7,8 @@
 //     0    4 magic    "DLLM" (44 4c 4c 4d)
 //     4    2 version  PROTOCOL_VERSION
 //     6    2 type     MessageType (1..16)
-//     8    2 flags    bit 0 FLAG_LAST_OF_STEP, the others reserved (0)
+//     8    2 flags    bit 0 FLAG_LAST_OF_STEP, bit 1 FLAG_FEED_FORWARD, bit 2 FLAG_STATS_RESET,
+//                     the others reserved (0)
 //    10    2 reserved 0
 //    12    4 seq
 //    16    4 length   payload bytes
@@ -376,7 +377,7 @@ export class Framer {
     if (!isMessageType(type)) throw new ProtocolError("type", `type ${type} is not a message type (1..${MessageType.Session})`);
     const flags = v.getUint16(HeaderOffset.Flags, true);
     if ((flags & ~FLAGS_KNOWN) !== 0) {
-      throw new ProtocolError("flags", `flags 0x${flags.toString(16).padStart(4, "0")} has reserved bits set (only 0x${FLAG_LAST_OF_STEP.toString(16)} is defined)`);
+      throw new ProtocolError("flags", `flags 0x${flags.toString(16).padStart(4, "0")} has reserved bits set (only 0x${FLAGS_KNOWN.toString(16)} are defined)`);
     }
     const reserved = v.getUint16(HeaderOffset.Reserved, true);
     if (reserved !== 0) throw new ProtocolError("reserved", `reserved is 0x${reserved.toString(16).padStart(4, "0")}, must be 0`);

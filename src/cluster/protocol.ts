@@ -13,13 +13,15 @@
 //   Forward, Result,     tensor metadata, data in the wire type          = 5 + 4 dims + data
 //   Logits
 //   Stats                u32 n, n x (u32 StatId, u64 value)               = 4 + 12n
+//                        (root to worker with n = 0: a request; the StatId scheme is in
+//                        src/profile/profiler.ts)
 //   Error                u32 ErrorCode, str message (<= 4096)            = 8 + message bytes
 //   Bye                  (empty)
 //   Ping, Pong           u64 sender clock in ns (Pong echoes Ping's)     = 8
 //   Step                 u32 first position, u32 token count: the positions of the Forward frames
 //                        that follow (a step is one forward pass over a batch of tokens) = 8
 //   Session              u32 node index, u32 node count, u32 wire type, u32 context size,
-//                        u32 KV cache type (GGML id), u32 flags (0)                       = 24
+//                        u32 KV cache type (GGML id), u32 flags (SESSION_*)               = 24
 //
 //   layer list           u32 n, n x u32 layer index                       = 4 + 4n
 //   offset index         u32 n, n x (u32 tensor id, u64 byte offset)      = 4 + 12n
@@ -46,7 +48,12 @@ export const MAX_U32 = 0xffffffff;
 export const FLAG_LAST_OF_STEP = 0x0001;
 /** Header flag bit 1 on Forward / Result: the feed-forward half of the layer (else attention). */
 export const FLAG_FEED_FORWARD = 0x0002;
-export const FLAGS_KNOWN = FLAG_LAST_OF_STEP | FLAG_FEED_FORWARD;
+/** Header flag bit 2 on a Stats request (a Stats with no entries, root to worker): the worker answers
+ *  with its counters and then zeroes them. */
+export const FLAG_STATS_RESET = 0x0004;
+export const FLAGS_KNOWN = FLAG_LAST_OF_STEP | FLAG_FEED_FORWARD | FLAG_STATS_RESET;
+/** Session flag bit 0: the worker times its operations (answers Stats requests with them). */
+export const SESSION_PROFILE = 0x0001;
 /** Default largest payload a Framer accepts (and a Writer builds). */
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Largest node name / model path in a Hello, and Error message (bytes of UTF-8). */

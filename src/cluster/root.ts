@@ -10,16 +10,19 @@ import { Conn } from "./conn";
 import { sliceOffsets } from "./plan";
 import type { Slice } from "./partition";
 import { type FileIdentity } from "./storage";
+import { type Counters, countersFromStats, Op, type Profiler } from "../profile/profiler";
 import { hmac, md5FromHex } from "./worker";
 import {
   ALL_CAPABILITIES,
   Capability,
   decodeActivation,
   FLAG_FEED_FORWARD,
+  FLAG_STATS_RESET,
   HEADER_SIZE,
   MessageType,
   tensorMetaBytes,
   PROTOCOL_VERSION,
+  SESSION_PROFILE,
   writeActivationFrame,
   writeMessage,
   type WireType,
@@ -36,6 +39,8 @@ export interface ClusterOptions {
   stallTimeoutMs?: number;
   /** compare full-file MD5s instead of the sampled one (the identity must then carry fullMd5) */
   verifyFull?: boolean;
+  /** time the root's side of the wire, and ask the workers to time theirs */
+  profiler?: Profiler | null;
 }
 
 export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
@@ -110,12 +115,13 @@ export class ClusterPeers implements Peers {
     private readonly c: ModelConfig,
     private readonly wire: WireType,
     private readonly stallMs: number,
+    private readonly prof: Profiler | null,
   ) {}
 
   static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
     const addrs = parseWorkerList(o.workers.join(","));
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
-    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000);
+    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null);
     try {
       await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o)));
     } catch (e) {
@@ -139,7 +145,7 @@ export class ClusterPeers implements Peers {
     }
     if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
-    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags: 0 });
+    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags: o.profiler ? SESSION_PROFILE : 0 });
     conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice) });
     await conn.expect(MessageType.PlanAck, t, "the plan");
   }
@@ -152,10 +158,14 @@ export class ClusterPeers implements Peers {
   send(layer: number, phase: Phase, h: Float32Array, n: number): void {
     const c = this.c;
     const flags = phase === Phase.FeedForward ? FLAG_FEED_FORWARD : 0;
+    const p = this.prof;
     for (const conn of this.conns) {
+      let t = p ? p.start() : 0;
       const info = writeActivationFrame(conn.writer, this.k, MessageType.Forward, { seq: conn.nextSeq(), layer, flags }, h.subarray(0, n * c.dim), [n, c.dim], this.wire);
       this.stats.bytesOut += info.frameBytes;
+      if (p) t = p.lap(Op.WireCompress, t);
       conn.flushWriter();
+      if (p) p.stop(Op.NetworkSend, t);
     }
   }
 
@@ -163,7 +173,10 @@ export class ClusterPeers implements Peers {
     const size = n * this.c.dim;
     if (this.tmp.length < size) this.tmp = new Float32Array(size);
     const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
+    const p = this.prof;
+    let t = p ? p.start() : 0;
     const results = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what)));
+    if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0; i < results.length; i++) {
       const r = results[i]!, conn = this.conns[i]!;
@@ -177,9 +190,31 @@ export class ClusterPeers implements Peers {
         throw new Error(`${conn.peer} answered ${what} with a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
       }
       this.stats.bytesIn += HEADER_SIZE + tensorMetaBytes(m.tensor.shape.length) + m.tensor.data.length;
+      if (p) t = p.start();
       decodeActivation(this.k, m.tensor, this.tmp);
+      if (p) t = p.lap(Op.WireDecompress, t);
       this.k.add(into, into, this.tmp, size);
+      if (p) p.stop(Op.Add, t);
     }
+  }
+
+  /** Each worker's profile counters (they time themselves when the session has SESSION_PROFILE);
+   *  with `reset`, they start counting afresh. */
+  async workerCounters(reset: boolean): Promise<Counters[]> {
+    for (const conn of this.conns) conn.send({ type: MessageType.Stats, stats: [] }, { flags: reset ? FLAG_STATS_RESET : 0 });
+    return Promise.all(
+      this.conns.map(async (conn) => {
+        const r = await conn.next(this.stallMs, "the profile request");
+        if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
+        if (r.message.type !== MessageType.Stats) throw new Error(`${conn.peer} answered the profile request with message type ${r.message.type}`);
+        return countersFromStats(r.message.stats, conn.peer);
+      }),
+    );
+  }
+
+  /** the activation encoding on the wire, as --wire names it */
+  get wireName(): string {
+    return this.wire === GGMLType.Q8_0 ? "q8_0" : this.wire === GGMLType.F16 ? "f16" : "f32";
   }
 
   close(): void {

@@ -8,6 +8,7 @@ import { type KVCache, loadWeights, SliceCompute } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
+import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { sliceOffsets } from "./plan";
 import { partition } from "./partition";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
@@ -17,9 +18,11 @@ import {
   decodeActivation,
   ErrorCode,
   FLAG_FEED_FORWARD,
+  FLAG_STATS_RESET,
   MessageType,
   NONCE_BYTES,
   PROTOCOL_VERSION,
+  SESSION_PROFILE,
   writeActivationFrame,
   type Message,
   type WireType,
@@ -48,6 +51,10 @@ export function md5FromHex(hex: string): Uint8Array {
 interface Session {
   conn: Conn;
   compute: SliceCompute;
+  /** the plain kernels (compute.k may be the profiled ones) */
+  kernels: Kernels;
+  /** set when the root asked for a profile (SESSION_PROFILE) */
+  prof: Profiler | null;
   cache: KVCache;
   wire: WireType;
   h: Float32Array;
@@ -119,9 +126,10 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: the plan's byte offsets do not match this file's layout (entry ${wrong}): refusing to compute a wrong slice`);
     }
     kernels ??= await loadKernels({ threads: o.threads });
-    const compute = new SliceCompute(config, weights, kernels, slice);
+    const prof = s.flags & SESSION_PROFILE ? new Profiler() : null;
+    const compute = new SliceCompute(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, prof);
     const kvType = s.kvType === GGMLType.F16 ? GGMLType.F16 : GGMLType.F32;
-    session = { conn, compute, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0 };
+    session = { conn, compute, kernels, prof, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0 };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
@@ -129,10 +137,16 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
     for (;;) {
       const r = await conn.next(idle, "the next step");
+      session.prof?.idle(Op.NetworkWait);
       const m = r.message;
       if (m.type === MessageType.Bye) return;
       if (m.type === MessageType.Ping) {
         conn.send({ type: MessageType.Pong, time: m.time });
+        continue;
+      }
+      if (m.type === MessageType.Stats) {
+        conn.send({ type: MessageType.Stats, stats: session.prof?.toStats() ?? [] });
+        if (r.flags & FLAG_STATS_RESET) session.prof?.reset();
         continue;
       }
       if (m.type === MessageType.Step) {
@@ -152,11 +166,17 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       throw new Error(`Forward [${m.tensor.shape.join(", ")}] for layer ${layer} does not fit the step (${s.nTokens} tokens of ${c.dim}, ${c.nLayers} layers)`);
     }
     if (s.h.length < n * c.dim) [s.h, s.out] = [new Float32Array(n * c.dim), new Float32Array(n * c.dim)];
-    decodeActivation(s.compute.k, m.tensor, s.h);
+    const p = s.prof;
+    let t = p ? p.start() : 0;
+    decodeActivation(s.kernels, m.tensor, s.h);
+    if (p) p.stop(Op.WireDecompress, t);
     if (ffn) s.compute.feedForward(layer, s.h, n, s.out);
     else s.compute.attention(layer, s.h, n, s.pos, s.cache, s.out);
-    writeActivationFrame(s.conn.writer, s.compute.k, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
+    if (p) t = p.start();
+    writeActivationFrame(s.conn.writer, s.kernels, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
+    if (p) t = p.lap(Op.WireCompress, t);
     s.conn.flushWriter();
+    if (p) p.stop(Op.NetworkSend, t);
   };
 
   const server = Bun.listen<{ conn: Conn }>({

@@ -3,6 +3,7 @@
 import { GGMLType, type Kernels, TYPE_TRAITS, typeBytes } from "../native/types";
 import type { ModelConfig } from "./config";
 import { GGUFError, type GGUFFile, ggmlTypeName } from "./gguf";
+import { Op, type Profiler } from "../profile/profiler";
 
 /** A weight matrix: nOut rows of nIn values, in one of the matmul types; `data` is a view of the file. */
 export interface Matrix {
@@ -291,6 +292,8 @@ export class SliceCompute {
     weights: Weights,
     readonly k: Kernels,
     readonly slice: Slice,
+    /** times the matmuls (with `k` from profiledKernels, which times the other kernels) */
+    readonly prof: Profiler | null = null,
   ) {
     this.layers = weights.layers.map((L) => sliceLayer(L, config, slice));
     this.qDim = (slice.heads.end - slice.heads.start) * config.headDim;
@@ -312,8 +315,11 @@ export class SliceCompute {
     return this.scratch;
   }
 
-  private matmul(out: Float32Array, w: Matrix | ColumnSlice, act: Activation, nTok: number): void {
-    this.k.matmul(out, w.nOut, w.data, w.type, act.as(w.type), w.nIn, 0, w.nOut, nTok, "ldw" in w ? w.ldw : 0);
+  private matmul(op: Op, out: Float32Array, w: Matrix | ColumnSlice, act: Activation, nTok: number): void {
+    const x = act.as(w.type), p = this.prof;
+    const t = p ? p.start() : 0;
+    this.k.matmul(out, w.nOut, w.data, w.type, x, w.nIn, 0, w.nOut, nTok, "ldw" in w ? w.ldw : 0);
+    if (p) p.stop(op, t, w.nOut * typeBytes(w.type, w.nIn));
   }
 
   /** out (n, dim) = this slice's part of layer l's attention output for the normalised input h (n, dim). */
@@ -325,9 +331,9 @@ export class SliceCompute {
     const pos = s.pos.subarray(0, n);
     const { qDim, kvDim } = this;
     this.act.set(h, n * c.dim);
-    this.matmul(s.q, L.wq, this.act, n);
-    this.matmul(s.k, L.wk, this.act, n);
-    this.matmul(s.v, L.wv, this.act, n);
+    this.matmul(Op.AttnQ, s.q, L.wq, this.act, n);
+    this.matmul(Op.AttnK, s.k, L.wk, this.act, n);
+    this.matmul(Op.AttnV, s.v, L.wv, this.act, n);
     if (L.bq) for (let i = 0; i < n; i++) k.add(s.q.subarray(i * qDim), s.q.subarray(i * qDim), L.bq, qDim);
     if (L.bk) for (let i = 0; i < n; i++) k.add(s.k.subarray(i * kvDim), s.k.subarray(i * kvDim), L.bk, kvDim);
     if (L.bv) for (let i = 0; i < n; i++) k.add(s.v.subarray(i * kvDim), s.v.subarray(i * kvDim), L.bv, kvDim);
@@ -337,17 +343,17 @@ export class SliceCompute {
     k.rope(s.k, s.k, pos, this.ropeFreqs, n, kvHeads, c.headDim, c.nRot, c.ropeMode);
     cache.store(k, l, pos0, s.k, s.v, n * kvDim);
     k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, cache.type, pos, n, heads, kvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
-    this.matmul(out, L.wo, this.act2.set(s.att, n * qDim), n);
+    this.matmul(Op.AttnOut, out, L.wo, this.act2.set(s.att, n * qDim), n);
   }
 
   /** out (n, dim) = this slice's part of layer l's feed-forward output for the normalised input h. */
   feedForward(l: number, h: Float32Array, n: number, out: Float32Array): void {
     const L = this.layers[l]!, s = this.ensure(n);
     this.act.set(h, n * this.config.dim);
-    this.matmul(s.gate, L.wGate, this.act, n);
-    this.matmul(s.up, L.wUp, this.act, n);
+    this.matmul(Op.FfnGate, s.gate, L.wGate, this.act, n);
+    this.matmul(Op.FfnUp, s.up, L.wUp, this.act, n);
     this.k.swiglu(s.gate, s.gate, s.up, n * this.ffnDim);
-    this.matmul(out, L.wDown, this.act2.set(s.gate, n * this.ffnDim), n);
+    this.matmul(Op.FfnDown, out, L.wDown, this.act2.set(s.gate, n * this.ffnDim), n);
   }
 }
 
@@ -380,8 +386,9 @@ export class LlamaModel {
     readonly k: Kernels,
     slice: Slice = { kvHeads: { start: 0, end: config.nKvHeads }, heads: { start: 0, end: config.nHeads }, ffn: { start: 0, end: config.hiddenDim } },
     readonly peers: Peers | null = null,
+    readonly prof: Profiler | null = null,
   ) {
-    this.local = new SliceCompute(config, weights, k, slice);
+    this.local = new SliceCompute(config, weights, k, slice, prof);
     this.act = new Activation(k);
   }
 
@@ -433,8 +440,10 @@ export class LlamaModel {
     const count = n - first;
     k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
     const logits = new Float32Array(count * c.vocabSize);
-    const out = w.output;
-    k.matmul(logits, out.nOut, out.data, out.type, this.act.set(h, count * c.dim).as(out.type), out.nIn, 0, out.nOut, count);
+    const out = w.output, input = this.act.set(h, count * c.dim).as(out.type), p = this.prof;
+    const t = p ? p.start() : 0;
+    k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
+    if (p) p.stop(Op.Logits, t, out.nOut * typeBytes(out.type, out.nIn));
     return logits;
   }
 }
