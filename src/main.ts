@@ -11,6 +11,8 @@ import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
 import { startWorker } from "./cluster/worker";
 import { selftest } from "./selftest";
+import { formatProfile, runProfile } from "./profile/run";
+import { renderHtml } from "./profile/html";
 import type { WireType } from "./cluster/protocol";
 import pkg from "../package.json";
 
@@ -68,6 +70,8 @@ usage:
   dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
   dairllm-worker logits --model M.gguf --tokens 1,5,7 --out F     all positions' logits, raw float32
   dairllm-worker perplexity --model M.gguf --file T.txt [--ctx N] PPL by llama.cpp's method
+  dairllm-worker profile [--model M.gguf] [--workers ...] [-n N] [--json] [--html F]
+                                                                  where the time of a token goes, per operation and node
 
 options of --root:
 ${formatHelp(RUN_FLAGS)}
@@ -99,6 +103,8 @@ async function run(argv: string[]): Promise<number> {
       return logits(rest);
     case "perplexity":
       return ppl(rest);
+    case "profile":
+      return profile(rest);
   }
   const { flags, positional } = parseArgs(argv, RUN_FLAGS);
   if (flags.help) {
@@ -109,7 +115,7 @@ async function run(argv: string[]): Promise<number> {
     console.log(`dairllm-worker ${pkg.version}, target ${build.target}, bun ${Bun.version}`);
     return 0;
   }
-  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: selftest, inspect, verify, tokenize, logits, perplexity; or --root)`);
+  if (positional.length) throw new UsageError(`unknown command ${JSON.stringify(positional[0])} (commands: selftest, inspect, verify, tokenize, logits, perplexity, profile; or --root)`);
   if (!flags.root) {
     if (flags.port === undefined && flags.host === undefined) throw new UsageError("nothing to do: pass --root to generate, --port to be a worker, or a command; see --help");
     return worker(flags);
@@ -284,6 +290,57 @@ async function ppl(argv: string[]): Promise<number> {
   e.close();
   console.log(`PPL = ${r.ppl.toFixed(4)} +/- ${r.err.toFixed(5)}`);
   process.stderr.write(`${r.chunks} chunks of ${ctx} tokens, ${r.scored} tokens scored\n`);
+  return 0;
+}
+
+const PROFILE_FLAGS: FlagSpec[] = [
+  { ...MODEL, help: "the GGUF model file (default: the built-in demo model)" },
+  { name: "prompt", short: "p", type: "string", value: "TEXT", help: `the prompt (default ${JSON.stringify(DEMO_PROMPT)})` },
+  { name: "n-predict", short: "n", type: "int", value: "N", min: 1, help: "tokens to decode and time (default 32)" },
+  { name: "json", type: "bool", help: "print the report as JSON (schema dairllm.profile/1, see the README) on stdout; the tables go to stderr" },
+  { name: "html", type: "string", value: "FILE", help: "also write a self-contained HTML report with a bar per node" },
+  { name: "seed", type: "int", value: "S", min: 0, max: 2 ** 32 - 1, help: "sampling seed (default 1)" },
+  THREADS,
+  { name: "ctx", short: "c", type: "int", value: "N", min: 8, help: "context size (default: prompt + N, at least 64)" },
+  ...CLUSTER_FLAGS,
+  { name: "help", short: "h", type: "bool", help: "show this help" },
+];
+
+async function profile(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, PROFILE_FLAGS);
+  if (flags.help) {
+    console.log(`usage: dairllm-worker profile [options]\n  runs the prompt and N decoded tokens with every operation timed, on this node and every worker\n\n${formatHelp(PROFILE_FLAGS)}`);
+    return 0;
+  }
+  noPositional("profile", positional);
+  const path = (flags.model as string | undefined) ?? defaultModel();
+  if (!path) throw new UsageError("--model is required (the GGUF file to profile)");
+  const n = (flags["n-predict"] as number | undefined) ?? 32;
+  const prompt = (flags.prompt as string | undefined) ?? DEMO_PROMPT;
+  const html = flags.html as string | undefined;
+  if (html === "") throw new UsageError("--html needs a file name");
+  const e = await openEngine(path, { ...clusterOptions(flags), profile: true, ctx: (flags.ctx as number | undefined) ?? ((modelCtx) => Math.min(modelCtx, Math.max(64, n + 256))) });
+  try {
+    const report = await runProfile(e, {
+      prompt,
+      tokens: n,
+      sampler: { ...DEFAULT_SAMPLER, seed: (flags.seed as number | undefined) ?? 1 },
+      onProgress: process.stderr.isTTY ? (i, total) => process.stderr.write(`\rdecoding ${i}/${total}${i === total ? "\n" : ""}`) : undefined,
+    });
+    const text = formatProfile(report);
+    if (flags.json) {
+      process.stderr.write(`${text}\n`);
+      console.log(JSON.stringify(report, null, 2));
+    } else {
+      console.log(text);
+    }
+    if (html !== undefined) {
+      writeFileSync(html, renderHtml(report));
+      process.stderr.write(`wrote ${html}\n`);
+    }
+  } finally {
+    e.close();
+  }
   return 0;
 }
 
