@@ -44,16 +44,21 @@ function parseRun(err: string): Run {
   return { tokPerSec: Number(m[1]) / Number(m[2]), wire: /cluster: (.*)/.exec(err)?.[1], err };
 }
 
-function runRoot(model: string, threads: number, workers?: string, ns?: string): Run {
-  const cmd = [BUN, MAIN, "--root", "-m", model, "-p", PROMPT, "-n", String(nTokens), "--temp", "0", "-t", String(threads), ...(workers ? ["--workers", workers] : [])];
+/** `taskset -c CPU` when pinning is possible: two nodes sharing one machine's cores otherwise steal
+ *  each other's CPU at every wake-up, which separate machines do not. */
+const PIN = Bun.which("taskset") && navigator.hardwareConcurrency >= 2;
+const pin = (cpu: number | undefined) => (cpu === undefined || !PIN ? [] : ["taskset", "-c", String(cpu)]);
+
+function runRoot(model: string, threads: number, workers?: string, ns?: string, cpu?: number): Run {
+  const cmd = [...pin(cpu), BUN, MAIN, "--root", "-m", model, "-p", PROMPT, "-n", String(nTokens), "--temp", "0", "-t", String(threads), ...(workers ? ["--workers", workers] : [])];
   const p = Bun.spawnSync(ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd, { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
   if (p.exitCode !== 0) throw new Error(`root failed:\n${p.stderr}`);
   return parseRun(p.stderr.toString());
 }
 
-async function startWorker(model: string, host: string, ns?: string) {
+async function startWorker(model: string, host: string, ns?: string, cpu?: number) {
   const t0 = performance.now();
-  const cmd = [BUN, MAIN, "--port", "0", "--host", host, "-m", model, "-t", "1"];
+  const cmd = [...pin(cpu), BUN, MAIN, "--port", "0", "--host", host, "-m", model, "-t", "1"];
   const proc = Bun.spawn(ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd, { cwd: ROOT, stdout: "ignore", stderr: "pipe" });
   let text = "";
   const reader = proc.stderr.getReader();
@@ -94,10 +99,21 @@ try {
   w.proc.kill();
 }
 
+const pinned = PIN ? await startWorker(model, "127.0.0.1", undefined, 1) : null;
+let pinnedPair: Run | null = null;
+try {
+  if (pinned) pinnedPair = runRoot(model, 1, pinned.addr, undefined, 0);
+} finally {
+  pinned?.proc.kill();
+}
+
 const rows: [string, string][] = [
   ["1 node, 2 threads", `${single.tokPerSec.toFixed(2)} tokens/s`],
   ["root + 1 worker on 127.0.0.1, 1 thread each", `${pair.tokPerSec.toFixed(2)} tokens/s  ratio ${(pair.tokPerSec / single.tokPerSec).toFixed(3)} (target >= 0.97)`],
   ["  on the wire", pair.wire ?? "-"],
+  pinnedPair
+    ? ["the same, root and worker pinned to CPU 0 and 1", `${pinnedPair.tokPerSec.toFixed(2)} tokens/s  ratio ${(pinnedPair.tokPerSec / single.tokPerSec).toFixed(3)} (separate cores, as on separate machines)`]
+    : ["pinned run", "skipped (needs taskset and 2 CPUs)"],
   ["worker start-up to listening", `${(w.readySeconds * 1000).toFixed(0)} ms (target < 200 ms)`],
   ["worker resident memory after the run", `${(mem.rss / 2 ** 20).toFixed(0)} MiB, of which file pages ${(mem.file / 2 ** 20).toFixed(0)} MiB = ${(mem.file / size).toFixed(2)} of the model`],
 ];

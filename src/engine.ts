@@ -9,7 +9,8 @@ import { GGMLType, type Kernels } from "./native/types";
 import { partition } from "./cluster/partition";
 import { ClusterPeers } from "./cluster/root";
 import { fileIdentity, progressBar } from "./cluster/storage";
-import { alignmentOf } from "./cluster/worker";
+import { alignmentOf, memoryBesidesWeights } from "./cluster/worker";
+import { StreamedWeights } from "./model/streamed";
 import type { WireType } from "./cluster/protocol";
 import { Profiler, profiledKernels } from "./profile/profiler";
 
@@ -27,6 +28,8 @@ export interface Engine {
   readonly ctx: number;
   /** set when opened with `profile`: the root's counters (the workers keep their own) */
   readonly prof: Profiler | null;
+  /** set with maxMemory: the stream of this node's weights */
+  readonly streamed: StreamedWeights | null;
   close(): void;
 }
 
@@ -44,6 +47,11 @@ export interface EngineOptions {
   kv?: GGMLType.F32 | GGMLType.F16;
   /** time every operation, on this node and on the workers (see src/profile/profiler.ts) */
   profile?: boolean;
+  /** --max-memory: stream this node's weight slices from disk through a budget of this many bytes */
+  maxMemory?: number;
+  /** O_DIRECT reads when streaming (default true) */
+  directIO?: boolean;
+  log?: (line: string) => void;
 }
 
 export async function openEngine(path: string, o: EngineOptions): Promise<Engine> {
@@ -59,26 +67,40 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
   const ctx = typeof o.ctx === "function" ? o.ctx(config.contextLength) : (o.ctx ?? Math.min(config.contextLength, 4096));
   const prof = o.profile ? new Profiler() : null;
   const modelKernels = prof ? profiledKernels(kernels, prof) : kernels;
+  const slices = partition(config, (o.workers?.length ?? 0) + 1, alignmentOf(weights));
+  const kvType = o.kv ?? GGMLType.F32;
+  // streaming: the budget is checked before any worker is contacted
+  const streamed =
+    o.maxMemory === undefined
+      ? null
+      : StreamedWeights.open(path, gguf, config, weights, slices[0]!, true, { budget: o.maxMemory, otherBytes: memoryBesidesWeights(config, slices[0]!, ctx, kvType), direct: o.directIO, log: o.log });
   let peers: ClusterPeers | null = null;
-  let model: LlamaModel;
-  if (o.workers?.length) {
-    const slices = partition(config, o.workers.length + 1, alignmentOf(weights));
-    const identity = await fileIdentity(path, o.verifyFull ? { full: true, onProgress: progressBar("full md5") } : {});
-    peers = await ClusterPeers.connect(gguf, config, identity, slices, kernels, {
-      workers: o.workers,
-      secret: o.secret,
-      wire: o.wire ?? GGMLType.Q8_0,
-      nCtx: ctx,
-      kvType: o.kv ?? GGMLType.F32,
-      verifyFull: o.verifyFull,
-      profiler: prof,
-    });
-    model = new LlamaModel(config, weights, modelKernels, slices[0]!, peers, prof);
-  } else {
-    model = new LlamaModel(config, weights, modelKernels, undefined, null, prof);
+  try {
+    if (o.workers?.length) {
+      const identity = await fileIdentity(path, o.verifyFull ? { full: true, onProgress: progressBar("full md5") } : {});
+      peers = await ClusterPeers.connect(gguf, config, identity, slices, kernels, {
+        workers: o.workers,
+        secret: o.secret,
+        wire: o.wire ?? GGMLType.Q8_0,
+        nCtx: ctx,
+        kvType,
+        verifyFull: o.verifyFull,
+        profiler: prof,
+      });
+    }
+  } catch (e) {
+    await streamed?.close();
+    throw e;
   }
-  const p = peers;
-  return { path, gguf, config, model, tokenizer, kernels, peers, ctx, prof, loadSeconds: (performance.now() - t0) / 1000, close: () => p?.close() };
+  const model = new LlamaModel(config, weights, modelKernels, slices[0]!, peers, prof, streamed);
+  return {
+    path, gguf, config, model, tokenizer, kernels, peers, ctx, prof, streamed,
+    loadSeconds: (performance.now() - t0) / 1000,
+    close: () => {
+      peers?.close();
+      void streamed?.close();
+    },
+  };
 }
 
 export interface GenerateOptions {

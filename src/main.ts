@@ -10,6 +10,7 @@ import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
 import { startWorker } from "./cluster/worker";
+import { parseSize } from "./model/streamed";
 import { selftest } from "./selftest";
 import { formatProfile, runProfile } from "./profile/run";
 import { renderHtml } from "./profile/html";
@@ -36,6 +37,7 @@ const CLUSTER_FLAGS: FlagSpec[] = [
   { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
   { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
   { name: "verify", type: "string", value: "fast|full", help: "how nodes compare the model file: size + sampled MD5 (fast, default) or the whole file's MD5 (full)" },
+  { name: "max-memory", type: "string", value: "SIZE", help: "stream this node's weights from disk through SIZE of memory (e.g. 512M, 2G) instead of mapping the file; for models larger than RAM" },
 ];
 
 const RUN_FLAGS: FlagSpec[] = [
@@ -176,11 +178,22 @@ function clusterOptions(flags: ParsedFlags) {
   if (verify !== "fast" && verify !== "full") throw new UsageError(`--verify must be fast or full (got ${verify})`);
   return {
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
+    maxMemory: maxMemory(flags),
+    log: (line: string) => process.stderr.write(`${line}\n`),
     verifyFull: verify === "full",
     workers,
     wire: wires[wire]!,
     secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,
   };
+}
+
+function maxMemory(flags: ParsedFlags): number | undefined {
+  if (flags["max-memory"] === undefined) return undefined;
+  try {
+    return parseSize(String(flags["max-memory"]));
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 async function worker(flags: ParsedFlags): Promise<number> {
@@ -192,6 +205,7 @@ async function worker(flags: ParsedFlags): Promise<number> {
     modelPath: path,
     secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
+    maxMemory: maxMemory(flags),
   });
   await new Promise<void>((resolve) => {
     const stop = () => {

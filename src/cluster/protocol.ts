@@ -155,15 +155,6 @@ export const enum ErrorCode {
   Busy = 9,
 }
 
-export const enum StatId {
-  ComputeNanos = 1,
-  WaitNanos = 2,
-  BytesIn = 3,
-  BytesOut = 4,
-  Frames = 5,
-  ResidentBytes = 6,
-}
-
 /** A peer broke the protocol. `field` names the offending field; the message gives its value. */
 export class ProtocolError extends Error {
   constructor(

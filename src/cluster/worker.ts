@@ -9,8 +9,10 @@ import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
+import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
-import { partition } from "./partition";
+import { partition, type Slice } from "./partition";
+import type { ModelConfig } from "../model/config";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
   ALL_CAPABILITIES,
@@ -34,6 +36,8 @@ export interface WorkerOptions {
   modelPath: string;
   secret?: string;
   threads: number;
+  /** --max-memory: stream this node's weight slices through a budget of this many bytes */
+  maxMemory?: number;
   name?: string;
   log?: (line: string) => void;
   /** how long a root may stay silent inside a step before the session is dropped */
@@ -82,6 +86,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     log(`worker ${name}: ${identityError} (roots will be refused until the file is there; restart the worker then)`);
   }
 
+  if (o.maxMemory !== undefined && identity) checkBudget(o.modelPath, o.maxMemory, name, log);
+  let closeStream: (() => Promise<void>) | null = null;
   const handle = async (conn: Conn): Promise<void> => {
     // ---- handshake: version, model file, secret
     const hello = await conn.expect(MessageType.Hello, 10_000, "the hello");
@@ -127,8 +133,21 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     }
     kernels ??= await loadKernels({ threads: o.threads });
     const prof = s.flags & SESSION_PROFILE ? new Profiler() : null;
-    const compute = new SliceCompute(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, prof);
     const kvType = s.kvType === GGMLType.F16 ? GGMLType.F16 : GGMLType.F32;
+    let streamed: StreamedWeights | null = null;
+    if (o.maxMemory !== undefined) {
+      try {
+        streamed = StreamedWeights.open(o.modelPath, g, config, weights, slice, false, { budget: o.maxMemory, otherBytes: memoryBesidesWeights(config, slice, s.nCtx, kvType), log });
+      } catch (e) {
+        throw refuse(conn, ErrorCode.OutOfMemory, `worker ${name}: ${(e as Error).message}`);
+      }
+      closeStream = () => {
+        const st = streamed!.stats;
+        log(`worker ${name}: streamed ${st.bytesRead} bytes in ${st.reads} reads (${st.readSeconds.toFixed(2)} s in flight, ${st.waitSeconds.toFixed(2)} s waited for)${st.direct ? "" : " through the page cache"}`);
+        return streamed!.close();
+      };
+    }
+    const compute = new SliceCompute(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, prof, streamed);
     session = { conn, compute, kernels, prof, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0 };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
@@ -155,11 +174,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         continue;
       }
       if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${MessageType[m.type] ?? m.type} during a session`);
-      forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
+      await forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
     }
   };
 
-  const forward = (s: Session, layer: number, ffn: boolean, m: Extract<Message, { type: MessageType.Forward }>) => {
+  const forward = async (s: Session, layer: number, ffn: boolean, m: Extract<Message, { type: MessageType.Forward }>) => {
     const c = s.compute.config;
     const n = m.tensor.shape[0]!;
     if (m.tensor.shape.length !== 2 || m.tensor.shape[1] !== c.dim || n !== s.nTokens || layer >= c.nLayers) {
@@ -170,8 +189,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     let t = p ? p.start() : 0;
     decodeActivation(s.kernels, m.tensor, s.h);
     if (p) p.stop(Op.WireDecompress, t);
-    if (ffn) s.compute.feedForward(layer, s.h, n, s.out);
-    else s.compute.attention(layer, s.h, n, s.pos, s.cache, s.out);
+    if (ffn) await s.compute.feedForward(layer, s.h, n, s.out);
+    else await s.compute.attention(layer, s.h, n, s.pos, s.cache, s.out);
     if (p) t = p.start();
     writeActivationFrame(s.conn.writer, s.kernels, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
     if (p) t = p.lap(Op.WireCompress, t);
@@ -191,6 +210,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
           .finally(() => {
             if (session?.conn === conn) {
               session = null;
+              closeStream?.().catch(() => {});
+              closeStream = null;
               log(`worker ${name}: session with ${conn.peer} ended; ready for the next root`);
             }
             conn.fail(new Error("session over"));
@@ -223,6 +244,39 @@ function refuse(conn: Conn, code: ErrorCode, message: string): Error {
     // the connection is already gone
   }
   return new Error(message);
+}
+
+/**
+ * At start, before any root: a worker whose --max-memory cannot hold its layer slice even as one of
+ * the most nodes the model can be split into refuses to start; otherwise it says how many nodes the
+ * budget needs (the exact check runs when a root assigns the slice).
+ */
+function checkBudget(path: string, budget: number, name: string, log: (l: string) => void): void {
+  const g = GGUFFile.open(path);
+  const c = readConfig(g);
+  const w = loadWeights(g, c);
+  const need = (nodes: number) => StreamedWeights.minimumBudget(g, c, w, partition(c, nodes, alignmentOf(w))[nodes - 1]!, false);
+  let fits = 0, smallest = need(1), smallestNodes = 1;
+  for (let n = 1; n <= Math.min(c.nHeads, 64) && !fits; n++) {
+    let bytes: number;
+    try {
+      bytes = need(n);
+    } catch {
+      continue; // this model cannot be split into n nodes
+    }
+    if (bytes <= budget) fits = n;
+    if (bytes < smallest) [smallest, smallestNodes] = [bytes, n];
+  }
+  if (!fits) throw new Error(`worker ${name}: --max-memory ${formatBytes(budget)} is below the ${formatBytes(smallest)} of weights a layer slice of ${path} needs even as one of ${smallestNodes} nodes (${formatBytes(need(1))} on a single node): raise --max-memory`);
+  log(`worker ${name}: streaming weights through --max-memory ${formatBytes(budget)} (${fits === 1 ? "enough for any cluster size" : `enough as one of ${fits} or more nodes`}; the KV cache and activations come on top)`);
+}
+
+/** Bytes a node holds besides its weights: its KV cache and its activation scratch for one token. */
+export function memoryBesidesWeights(c: ModelConfig, s: Slice, nCtx: number, kvType: GGMLType.F32 | GGMLType.F16): { kvCache: number; activations: number } {
+  const kvDim = (s.kvHeads.end - s.kvHeads.start) * c.headDim, qDim = (s.heads.end - s.heads.start) * c.headDim, ffn = s.ffn.end - s.ffn.start;
+  const kvCache = 2 * c.nLayers * nCtx * kvDim * (kvType === GGMLType.F16 ? 2 : 4);
+  const activations = 4 * (2 * qDim + 2 * kvDim + 2 * ffn + 5 * c.dim + c.vocabSize);
+  return { kvCache, activations };
 }
 
 export function alignmentOf(w: { layers: { wo: { type: number }; wDown: { type: number } }[] }): number {

@@ -4,6 +4,7 @@ import { GGMLType, type Kernels, TYPE_TRAITS, typeBytes } from "../native/types"
 import type { ModelConfig } from "./config";
 import { GGUFError, type GGUFFile, ggmlTypeName } from "./gguf";
 import { Op, type Profiler } from "../profile/profiler";
+import type { StreamedWeights } from "./streamed";
 
 /** A weight matrix: nOut rows of nIn values, in one of the matmul types; `data` is a view of the file. */
 export interface Matrix {
@@ -171,7 +172,7 @@ function columns(m: Matrix, start: number, end: number): ColumnSlice {
 }
 
 /** One layer's weights as one node sees them: only its slices (zero-copy views). */
-interface LayerSlice {
+export interface LayerSlice {
   attnNorm: Float32Array; //   (dim)
   wq: Matrix; //               rows of this node's query heads      (dim -> heads * head_dim)
   wk: Matrix; //               rows of its KV heads                 (dim -> kv_heads * head_dim)
@@ -294,6 +295,8 @@ export class SliceCompute {
     readonly slice: Slice,
     /** times the matmuls (with `k` from profiledKernels, which times the other kernels) */
     readonly prof: Profiler | null = null,
+    /** the slices read from disk through a memory budget (--max-memory) instead of mapped */
+    readonly streamed: StreamedWeights | null = null,
   ) {
     this.layers = weights.layers.map((L) => sliceLayer(L, config, slice));
     this.qDim = (slice.heads.end - slice.heads.start) * config.headDim;
@@ -322,9 +325,20 @@ export class SliceCompute {
     if (p) p.stop(op, t, w.nOut * typeBytes(w.type, w.nIn));
   }
 
+  /** Layer l's slice, with the phase's weights loaded when they are streamed. */
+  private async load(l: number, phase: Phase): Promise<LayerSlice> {
+    if (!this.streamed) return this.layers[l]!;
+    const got = this.streamed.layer(l, phase), p = this.prof;
+    if (!(got instanceof Promise)) return got;
+    const t = p ? p.start() : 0;
+    const L = await got;
+    if (p) p.stop(Op.StreamWait, t);
+    return L;
+  }
+
   /** out (n, dim) = this slice's part of layer l's attention output for the normalised input h (n, dim). */
-  attention(l: number, h: Float32Array, n: number, pos0: number, cache: KVCache, out: Float32Array): void {
-    const c = this.config, k = this.k, L = this.layers[l]!, s = this.ensure(n);
+  async attention(l: number, h: Float32Array, n: number, pos0: number, cache: KVCache, out: Float32Array): Promise<void> {
+    const c = this.config, k = this.k, L = await this.load(l, Phase.Attention), s = this.ensure(n);
     const heads = this.slice.heads.end - this.slice.heads.start, kvHeads = this.slice.kvHeads.end - this.slice.kvHeads.start;
     if (pos0 < 0 || pos0 + n > cache.nCtx) throw new Error(`positions ${pos0}..${pos0 + n - 1} exceed the context of ${cache.nCtx}`);
     for (let i = 0; i < n; i++) s.pos[i] = pos0 + i;
@@ -344,16 +358,18 @@ export class SliceCompute {
     cache.store(k, l, pos0, s.k, s.v, n * kvDim);
     k.attention(s.att, s.q, cache.k[l]!, cache.v[l]!, cache.type, pos, n, heads, kvHeads, c.headDim, kvDim, 1 / Math.sqrt(c.headDim));
     this.matmul(Op.AttnOut, out, L.wo, this.act2.set(s.att, n * qDim), n);
+    this.streamed?.release(l, Phase.Attention);
   }
 
   /** out (n, dim) = this slice's part of layer l's feed-forward output for the normalised input h. */
-  feedForward(l: number, h: Float32Array, n: number, out: Float32Array): void {
-    const L = this.layers[l]!, s = this.ensure(n);
+  async feedForward(l: number, h: Float32Array, n: number, out: Float32Array): Promise<void> {
+    const L = await this.load(l, Phase.FeedForward), s = this.ensure(n);
     this.act.set(h, n * this.config.dim);
     this.matmul(Op.FfnGate, s.gate, L.wGate, this.act, n);
     this.matmul(Op.FfnUp, s.up, L.wUp, this.act, n);
     this.k.swiglu(s.gate, s.gate, s.up, n * this.ffnDim);
     this.matmul(Op.FfnDown, out, L.wDown, this.act2.set(s.gate, n * this.ffnDim), n);
+    this.streamed?.release(l, Phase.FeedForward);
   }
 }
 
@@ -387,8 +403,9 @@ export class LlamaModel {
     slice: Slice = { kvHeads: { start: 0, end: config.nKvHeads }, heads: { start: 0, end: config.nHeads }, ffn: { start: 0, end: config.hiddenDim } },
     readonly peers: Peers | null = null,
     readonly prof: Profiler | null = null,
+    readonly streamed: StreamedWeights | null = null,
   ) {
-    this.local = new SliceCompute(config, weights, k, slice, prof);
+    this.local = new SliceCompute(config, weights, k, slice, prof, streamed);
     this.act = new Activation(k);
   }
 
@@ -423,14 +440,14 @@ export class LlamaModel {
       // attention: x += sum over nodes of Wo[:, slice] . attention(slice heads)
       k.rmsnorm(h, x, L.attnNorm, c.dim, n, c.rmsEps);
       peers?.send(l, Phase.Attention, h, n);
-      this.local.attention(l, h, n, pos0, cache, part);
+      await this.local.attention(l, h, n, pos0, cache, part);
       if (peers) await peers.gather(l, Phase.Attention, part, n);
       k.add(x, x, part, n * c.dim);
 
       // feed-forward: x += sum over nodes of Wdown[:, slice] . (silu(Wgate[slice] h) * Wup[slice] h)
       k.rmsnorm(h, x, L.ffnNorm, c.dim, n, c.rmsEps);
       peers?.send(l, Phase.FeedForward, h, n);
-      this.local.feedForward(l, h, n, part);
+      await this.local.feedForward(l, h, n, part);
       if (peers) await peers.gather(l, Phase.FeedForward, part, n);
       k.add(x, x, part, n * c.dim);
     }
@@ -441,9 +458,24 @@ export class LlamaModel {
     k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
     const logits = new Float32Array(count * c.vocabSize);
     const out = w.output, input = this.act.set(h, count * c.dim).as(out.type), p = this.prof;
-    const t = p ? p.start() : 0;
-    k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
-    if (p) p.stop(Op.Logits, t, out.nOut * typeBytes(out.type, out.nIn));
+    if (!this.streamed) {
+      const t = p ? p.start() : 0;
+      k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
+      if (p) p.stop(Op.Logits, t, out.nOut * typeBytes(out.type, out.nIn));
+      return logits;
+    }
+    // streamed: the output matrix in row chunks, as they arrive from disk
+    for (let i = 0; i < this.streamed.outputChunks; i++) {
+      let t = p ? p.start() : 0;
+      let chunk = this.streamed.outputChunk(i);
+      if (chunk instanceof Promise) {
+        chunk = await chunk;
+        if (p) t = p.lap(Op.StreamWait, t);
+      }
+      k.matmul(logits.subarray(chunk.r0), c.vocabSize, chunk.data, out.type, input, out.nIn, 0, chunk.r1 - chunk.r0, count);
+      if (p) p.stop(Op.Logits, t, chunk.data.byteLength);
+      this.streamed.releaseOutput(i);
+    }
     return logits;
   }
 }

@@ -1,7 +1,7 @@
 // The only module that imports bun:ffi. It finds libdairllm, binds its symbols once, and wraps them
 // as `Kernels`: TypedArrays and mmap views are passed as raw pointers (zero-copy, nothing allocated
 // per call), and the library's status codes become Errors naming the kernel and the problem.
-import { dlopen, FFIType, type Pointer } from "bun:ffi";
+import { dlopen, FFIType, ptr as pointerOf, type Pointer } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { type Bytes, type GGMLType, type Kernels, type RopeMode, typeBytes, traits } from "./types";
@@ -59,6 +59,11 @@ function need(kernel: string, what: string, have: number, want: number): void {
 
 function check(kernel: string, status: number): void {
   if (status !== 0) throw new Error(`native ${kernel}: ${ERRORS[status] ?? `error ${status}`}`);
+}
+
+/** The address of a view's first byte: for buffers that must be aligned (O_DIRECT reads). */
+export function addressOf(view: Uint8Array): number {
+  return pointerOf(view);
 }
 
 type Lib = ReturnType<typeof dlopen<typeof SYMBOLS>>["symbols"];
