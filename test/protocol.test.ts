@@ -233,16 +233,16 @@ const GOLDEN: Golden[] = [
     msg: {
       type: MessageType.Stats,
       stats: [
-        { id: 4 * 10, value: 0x59682f00 },
-        { id: 0x10000, value: 0x1_0000_0005 },
+        { id: 4 * 10, value: 0x59682f00 }, // Op 10 (ffn_down), field 0: ns
+        { id: 0x10000, value: 0x1_0000_0005 }, // STAT_ELAPSED_NS
       ],
     },
     head: { seq: 7 },
     bytes: `
       44 4c 4c 4d  01 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
       02 00 00 00
-      01 00 00 00  00 2f 68 59 00 00 00 00
-      03 00 00 00  05 00 00 00 01 00 00 00`,
+      28 00 00 00  00 2f 68 59 00 00 00 00
+      00 00 01 00  05 00 00 00 01 00 00 00`,
   },
   {
     name: "Error",

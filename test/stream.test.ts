@@ -125,6 +125,19 @@ describe("data", () => {
     await s.close();
   });
 
+  test("units of empty spans only are loaded at once, without reading", async () => {
+    const units: Unit[] = [{ name: "empty", spans: [{ offset: 7, length: 0 }] }, { name: "none", spans: [] }];
+    expect(WeightStream.minimumBudget(units)).toBe(0);
+    const s = WeightStream.open(file.path, units, 1);
+    for (let i = 0; i < 6; i++) {
+      const got = s.acquire(i % 2);
+      expect(got).toEqual(i % 2 ? [] : [new Uint8Array(0)]);
+      s.release(i % 2);
+    }
+    expect(s.stats.bytesRead).toBe(0);
+    await s.close();
+  });
+
   test("units of a large file in order, bigger than one read piece", async () => {
     const big = randomFile("big.bin", 40 * 1024 * 1024 + 999, 11);
     const units: Unit[] = [0, 1, 2, 3].map((k) => ({ name: `layer ${k}`, spans: [{ offset: k * 10_000_000 + 13, length: 9_999_977 }, { offset: 40 * 1024 * 1024 - 3 * k, length: 999 + 3 * k }] }));
