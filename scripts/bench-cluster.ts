@@ -5,8 +5,9 @@
 //
 //   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--no-netns]
 // Without --model, the TinyLlama-shape Q4_0 model is generated once into build/models/.
-import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { tinyllamaModel } from "./models";
 
 const ROOT = join(import.meta.dir, "..");
 const MAIN = join(ROOT, "src", "main.ts");
@@ -22,14 +23,7 @@ const PROMPT = "Once upon a time";
 async function modelPath(): Promise<string> {
   const given = arg("--model");
   if (given) return given;
-  const path = join(ROOT, "build", "models", "tinyllama-q4_0.gguf");
-  if (!existsSync(path)) {
-    mkdirSync(join(ROOT, "build", "models"), { recursive: true });
-    console.log(`generating ${path} (TinyLlama-1.1B shape, Q4_0) ...`);
-    const p = Bun.spawnSync([BUN, join(ROOT, "scripts", "make-model.ts"), "--out", path, "--preset", "tinyllama", "--type", "q4_0"], { stdout: "inherit", stderr: "inherit" });
-    if (p.exitCode !== 0) throw new Error("make-model failed");
-  }
-  return path;
+  return tinyllamaModel("q4_0");
 }
 
 interface Run {

@@ -5,8 +5,8 @@
 // time per token spent in TypeScript between native calls. 1 and 2 threads.
 //
 //   bun scripts/bench-model.ts [--types q4_0,q8_0] [-n DECODE_TOKENS]
-import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { tinyllamaModel } from "./models";
 import { openEngine } from "../src/engine";
 import { createNativeKernels } from "../src/native/ffi";
 import type { Kernels } from "../src/native/types";
@@ -18,16 +18,7 @@ const types = (ai("--types") ?? "q4_0,q8_0").split(",");
 const nDecode = Number(ai("-n") ?? 32);
 const PROMPT_TOKENS = 64;
 
-function model(type: string): string {
-  const path = join(ROOT, "build", "models", `tinyllama-${type}.gguf`);
-  if (!existsSync(path)) {
-    mkdirSync(join(ROOT, "build", "models"), { recursive: true });
-    console.log(`generating ${path} ...`);
-    const p = Bun.spawnSync([process.execPath, join(ROOT, "scripts", "make-model.ts"), "--out", path, "--preset", "tinyllama", "--type", type], { stdout: "inherit", stderr: "inherit" });
-    if (p.exitCode !== 0) throw new Error("make-model failed");
-  }
-  return path;
-}
+const model = tinyllamaModel;
 
 /** Wraps every kernel to add up the time spent in native calls. */
 function timed(k: Kernels): { native: () => number; reset: () => void } {

@@ -3,8 +3,8 @@
 // one run, best of `--rounds` each, plus the profiler's own estimate of its cost.
 //
 //   bun scripts/bench-profile.ts [-n DECODE_TOKENS] [--rounds R] [--threads T] [--type q4_0]
-import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
+import { tinyllamaModel } from "./models";
 import { openEngine } from "../src/engine";
 import { DEFAULT_SAMPLER, Sampler } from "../src/model/sampler";
 import { runProfile } from "../src/profile/run";
@@ -18,13 +18,7 @@ const threads = Number(ai("--threads") ?? 2);
 const type = ai("--type") ?? "q4_0";
 const PROMPT = "The quick brown fox jumps over the lazy dog";
 
-const path = join(ROOT, "build", "models", `tinyllama-${type}.gguf`);
-if (!existsSync(path)) {
-  mkdirSync(join(ROOT, "build", "models"), { recursive: true });
-  console.log(`generating ${path} ...`);
-  const p = Bun.spawnSync([process.execPath, join(ROOT, "scripts", "make-model.ts"), "--out", path, "--preset", "tinyllama", "--type", type], { stdout: "inherit", stderr: "inherit" });
-  if (p.exitCode !== 0) throw new Error("make-model failed");
-}
+const path = tinyllamaModel(type);
 
 console.log(`dairllm profiler cost: TinyLlama-shape ${type.toUpperCase()}, ${nDecode} decoded tokens, ${threads} threads, best of ${rounds}`);
 console.log(`command: bun scripts/bench-profile.ts ${args.join(" ")}`.trimEnd());

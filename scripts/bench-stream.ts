@@ -9,8 +9,9 @@
 //
 //   bun scripts/bench-stream.ts [--model F.gguf] [--budget 360M] [-n TOKENS]
 // Without --model, the TinyLlama-shape Q8_0 model (1.09 GiB) is generated once into build/models/.
-import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { tinyllamaModel } from "./models";
 import { formatBytes, parseSize } from "../src/model/streamed";
 import { sequentialReadSpeed } from "../src/model/stream";
 
@@ -25,14 +26,7 @@ const budget = parseSize(budgetText);
 function modelPath(): string {
   const given = arg("--model");
   if (given) return given;
-  const path = join(ROOT, "build", "models", "tinyllama-q8_0.gguf");
-  if (!existsSync(path)) {
-    mkdirSync(join(ROOT, "build", "models"), { recursive: true });
-    console.log(`generating ${path} (TinyLlama-1.1B shape, Q8_0) ...`);
-    const p = Bun.spawnSync([BUN, join(ROOT, "scripts", "make-model.ts"), "--out", path, "--preset", "tinyllama", "--type", "q8_0"], { stdout: "inherit", stderr: "inherit" });
-    if (p.exitCode !== 0) throw new Error("make-model failed");
-  }
-  return path;
+  return tinyllamaModel("q8_0");
 }
 
 /** Drops the file's pages from the page cache (dd calls posix_fadvise(DONTNEED) with iflag=nocache). */
