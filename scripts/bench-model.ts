@@ -11,7 +11,6 @@ import { openEngine } from "../src/engine";
 import { createNativeKernels } from "../src/native/ffi";
 import type { Kernels } from "../src/native/types";
 
-const ROOT = join(import.meta.dir, "..");
 const args = process.argv.slice(2);
 const ai = (n: string) => (args.indexOf(n) >= 0 ? args[args.indexOf(n) + 1] : undefined);
 const types = (ai("--types") ?? "q4_0,q8_0").split(",");

@@ -9,7 +9,6 @@ import { openEngine } from "../src/engine";
 import { DEFAULT_SAMPLER, Sampler } from "../src/model/sampler";
 import { runProfile } from "../src/profile/run";
 
-const ROOT = join(import.meta.dir, "..");
 const args = process.argv.slice(2);
 const ai = (n: string) => (args.indexOf(n) >= 0 ? args[args.indexOf(n) + 1] : undefined);
 const nDecode = Number(ai("-n") ?? 32);
