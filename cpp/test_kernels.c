@@ -126,12 +126,30 @@ static void test_elementwise(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     expect_close(NAME, vn, b, a, m, REL)
         BOTH(dl_rmsnorm(a, x, g, n, rows, 1e-5f, ref), dl_rmsnorm(b, x, g, n, rows, 1e-5f, ctx), "rmsnorm", 1e-6f);
         BOTH(dl_softmax(a, y, n, rows, ref), dl_softmax(b, y, n, rows, ctx), "softmax", 1e-6f);
-        BOTH(dl_silu(a, y, m, ref), dl_silu(b, y, m, ctx), "silu", 1e-6f);
+        BOTH(dl_silu(a, y, m, ref), dl_silu(b, y, m, ctx), "silu", 0.0f); /* same bits in every variant */
         BOTH(dl_gelu(a, y, m, ref), dl_gelu(b, y, m, ctx), "gelu", 1e-6f);
-        BOTH(dl_swiglu(a, y, x, m, ref), dl_swiglu(b, y, x, m, ctx), "swiglu", 1e-6f);
+        BOTH(dl_swiglu(a, y, x, m, ref), dl_swiglu(b, y, x, m, ctx), "swiglu", 0.0f);
         BOTH(dl_add(a, x, y, m, ref), dl_add(b, x, y, m, ctx), "add", 0.0f);
         BOTH(dl_mul(a, x, y, m, ref), dl_mul(b, x, y, m, ctx), "mul", 0.0f);
         BOTH(dl_scale(a, x, 0.3f, m, ref), dl_scale(b, x, 0.3f, m, ctx), "scale", 0.0f);
+        /* in place (out == an input), as the model calls them: the same bits as out of place */
+#define IN_PLACE(NAME, CALL_OUT, CALL_IN)                                                                 \
+    do {                                                                                                  \
+        memcpy(b, y, (size_t)m * 4);                                                                      \
+        expect_ok(CALL_OUT, NAME);                                                                        \
+        expect_ok(CALL_IN, NAME);                                                                         \
+        checks++;                                                                                         \
+        if (memcmp(a, b, (size_t)m * 4) != 0) {                                                           \
+            printf("FAIL %s in place %-8s differs from out of place (n=%lld)\n", NAME, vn, (long long)m); \
+            failures++;                                                                                   \
+        }                                                                                                 \
+    } while (0)
+        IN_PLACE("silu", dl_silu(a, y, m, ctx), dl_silu(b, b, m, ctx));
+        IN_PLACE("swiglu", dl_swiglu(a, y, x, m, ctx), dl_swiglu(b, b, x, m, ctx));
+        IN_PLACE("add", dl_add(a, y, x, m, ctx), dl_add(b, b, x, m, ctx));
+        IN_PLACE("mul", dl_mul(a, y, x, m, ctx), dl_mul(b, b, x, m, ctx));
+        IN_PLACE("scale", dl_scale(a, y, 0.3f, m, ctx), dl_scale(b, b, 0.3f, m, ctx));
+        IN_PLACE("rmsnorm", dl_rmsnorm(a, y, g, n, rows, 1e-5f, ctx), dl_rmsnorm(b, b, g, n, rows, 1e-5f, ctx));
         if (n % QK == 0) {
             uint8_t *qa = malloc((size_t)(m / QK * 34)), *qb = malloc((size_t)(m / QK * 34));
             expect_ok(dl_quantize_q8_0(qa, y, m, ref), "quantize");
@@ -143,6 +161,30 @@ static void test_elementwise(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
             free(qa), free(qb);
         }
         free(x), free(y), free(g), free(a), free(b);
+    }
+}
+
+/* SiLU's exp is dairllm's own polynomial (kernels.c): every variant against exact math in double, over
+ * the whole float range that matters, both tails and the points where the exponent changes. */
+static void test_silu_accuracy(dl_ctx *ctx, const char *vn) {
+    enum { N = 4099 };
+    static float x[N], y[N];
+    for (int i = 0; i < N - 8; i++) x[i] = -100.0f + 200.0f * (float)i / (float)(N - 9);
+    const float edge[8] = {-87.34f, -87.33f, -88.73f, 88.37f, 88.72f, 88.73f, 1e-30f, -0.0f};
+    for (int i = 0; i < 8; i++) x[N - 8 + i] = edge[i];
+    expect_ok(dl_silu(y, x, N, ctx), "silu");
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        const double want = (double)x[i] / (1.0 + exp(-(double)x[i]));
+        const double err = fabs((double)y[i] - want);
+        /* relative error, or absolute where the result is below the normal floats (the tail flushed to 0) */
+        const double e = fabs(want) > 1e-30 ? err / fabs(want) : err;
+        if (!(e <= worst)) worst = e != e ? INFINITY : e;
+    }
+    checks++;
+    if (!(worst <= 4e-7)) {
+        printf("FAIL silu accuracy %-8s worst relative error %.3g > 4e-7\n", vn, worst);
+        failures++;
     }
 }
 
@@ -180,6 +222,7 @@ int main(void) {
             const int before = failures;
             test_matmul(ref, ctx, dl_variant_name(vi));
             test_elementwise(ref, ctx, dl_variant_name(vi));
+            test_silu_accuracy(ctx, dl_variant_name(vi));
             test_rope_attention(ref, ctx, dl_variant_name(vi));
             printf("%-8s %d thread(s): %s\n", dl_variant_name(vi), nth, failures == before ? "ok" : "FAILED");
             dl_ctx_destroy(ctx);
