@@ -157,7 +157,12 @@ struct dl_ctx {
     pthread_cond_t cv;
     pthread_t threads[DL_MAX_THREADS];
     worker_arg args[DL_MAX_THREADS];
+    void *scratch; /* DL_SCRATCH_BYTES, 64-byte aligned, when the variant packs batch activations */
 };
+
+/* Packed batch activations (see dl_matmul): big enough for a 64-token prompt of 2048-wide rows in
+ * one piece, small enough to stay in a core's L2 while the weight rows stream past it. */
+#define DL_SCRATCH_BYTES (512 * 1024)
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__)
@@ -239,6 +244,10 @@ dl_ctx *dl_ctx_create(int n_threads, int variant) {
     ctx->k = g_variants[variant].k;
     ctx->variant = variant;
     ctx->n_threads = 1;
+    if (ctx->k->pack_q8_0 && !(ctx->scratch = aligned_alloc(64, DL_SCRATCH_BYTES))) {
+        free(ctx);
+        return NULL;
+    }
     pthread_mutex_init(&ctx->mu, NULL);
     pthread_cond_init(&ctx->cv, NULL);
     for (int i = 1; i < n_threads; i++) {
@@ -262,6 +271,7 @@ void dl_ctx_destroy(dl_ctx *ctx) {
     for (int i = 1; i < ctx->n_threads; i++) pthread_join(ctx->threads[i], NULL);
     pthread_mutex_destroy(&ctx->mu);
     pthread_cond_destroy(&ctx->cv);
+    free(ctx->scratch);
     free(ctx);
 }
 
@@ -334,13 +344,40 @@ typedef struct {
     int wtype;
     const void *x;
     int64_t n_in, r0, r1, n_tok;
+    const void *packed; /* the tokens packed by pack_q8_0, or NULL */
 } matmul_task;
 
 static void matmul_part(void *p, int64_t ith, int64_t nth) {
     const matmul_task *t = (const matmul_task *)p;
     int64_t a, b;
     split_range(t->r1 - t->r0, nth, ith, &a, &b);
-    if (a < b) t->k->matmul(t->out, t->ldo, t->w, t->ldw, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+    if (a >= b) return;
+    if (t->packed)
+        t->k->matmul_packed(t->out, t->ldo, t->w, t->ldw, t->packed, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+    else
+        t->k->matmul(t->out, t->ldo, t->w, t->ldw, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+}
+
+typedef struct {
+    const dl_kernels *k;
+    uint8_t *dst;
+    const block_q8_0 *x;
+    int64_t nb, n_tok;
+} pack_task;
+
+static void pack_part(void *p, int64_t ith, int64_t nth) {
+    const pack_task *t = (const pack_task *)p;
+    int64_t a, b;
+    split_range(t->n_tok, nth, ith, &a, &b);
+    if (a < b) t->k->pack_q8_0(t->dst + a * t->k->pack_bytes(t->nb), t->x + a * t->nb, t->nb, b - a);
+}
+
+/* Tokens per packed piece of a batch: as many as the scratch holds, in whole tiles of 8; 0 when the
+ * variant does not pack, the batch is one token, or one token does not fit. */
+static int64_t packed_tokens(const dl_ctx *ctx, int wtype, int64_t n_in, int64_t n_tok) {
+    if (!ctx->scratch || wtype != DL_TYPE_Q4_0 || n_tok < 2 || n_in / QK < 4) return 0;
+    const int64_t per = ctx->k->pack_bytes(n_in / QK), fit = DL_SCRATCH_BYTES / per;
+    return fit >= 8 ? fit / 8 * 8 : fit;
 }
 
 int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
@@ -353,7 +390,21 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
     const int64_t row_bytes = n_in / bv * dl_type_block_bytes(wtype);
     if (ldw == 0) ldw = row_bytes;
     CHECK(ldw >= row_bytes, DL_E_ARG);
-    matmul_task t = {ctx->k, out, ldo, w, ldw, wtype, x, n_in, r0, r1, n_tok};
+    const int64_t piece = packed_tokens(ctx, wtype, n_in, n_tok);
+    if (piece > 0) {
+        /* a batch: pack the activations once (shared by every thread), then every thread's rows read them */
+        const int64_t nb = n_in / QK;
+        for (int64_t t0 = 0; t0 < n_tok; t0 += piece) {
+            const int64_t nt = n_tok - t0 < piece ? n_tok - t0 : piece;
+            const block_q8_0 *xt = (const block_q8_0 *)x + t0 * nb;
+            pack_task pk = {ctx->k, (uint8_t *)ctx->scratch, xt, nb, nt};
+            pool_run(ctx, pack_part, &pk, threads_for(ctx, nt, nt * n_in));
+            matmul_task t = {ctx->k, out + t0 * ldo, ldo, w, ldw, wtype, xt, n_in, r0, r1, nt, ctx->scratch};
+            pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt));
+        }
+        return DL_OK;
+    }
+    matmul_task t = {ctx->k, out, ldo, w, ldw, wtype, x, n_in, r0, r1, n_tok, NULL};
     pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok));
     return DL_OK;
 }

@@ -425,6 +425,10 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
 }
 #endif
 
+#ifdef DL_HAVE_PACKED_Q4_0
+static int64_t k_pack_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES; }
+#endif
+
 const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
     .name = DL_STR(DL_VARIANT),
     .matmul = k_matmul,
@@ -444,4 +448,9 @@ const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
     .f16_to_f32 = k_f16_to_f32,
     .f32_to_bf16 = k_f32_to_bf16,
     .read_sum = k_read_sum,
+#ifdef DL_HAVE_PACKED_Q4_0
+    .pack_q8_0 = k_pack_q8_0,
+    .pack_bytes = k_pack_bytes,
+    .matmul_packed = k_matmul_packed,
+#endif
 };

@@ -113,6 +113,40 @@ static void test_matmul(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     }
 }
 
+/* A batch gives the same bits as its tokens one at a time, whatever path the batch takes (tiles,
+ * packed activations, several packed pieces when one token's packing is large). */
+static void test_batch(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
+    const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
+    const int64_t nins[] = {32 * 5, 32 * 37, 4096, 65536}, toks[] = {2, 7, 8, 9, 17, 20};
+    for (int ti = 0; ti < 4; ti++)
+        for (int ni = 0; ni < 4; ni++) {
+            const int type = types[ti];
+            const int64_t n_in = nins[ni], rows = 7, r0 = 1, r1 = 6, ldo = 6;
+            if (type != DL_TYPE_Q4_0 && n_in == 65536) continue;
+            void *w = make_weights(type, rows, n_in, ref);
+            const int at = dl_type_activation(type);
+            const int64_t xrow = n_in / dl_type_block_values(at) * dl_type_block_bytes(at);
+            for (int ki = 0; ki < 6; ki++) {
+                const int64_t n_tok = toks[ki];
+                float *xf = malloc((size_t)(n_tok * n_in) * 4);
+                fill(xf, n_tok * n_in, 1.0f);
+                uint8_t *x = make_activation(type, xf, n_tok * n_in, ref);
+                float *a = calloc((size_t)(n_tok * ldo), 4), *b = calloc((size_t)(n_tok * ldo), 4);
+                expect_ok(dl_matmul(a, ldo, w, 0, type, x, n_in, r0, r1, n_tok, ctx), "matmul batch");
+                for (int64_t t = 0; t < n_tok; t++)
+                    expect_ok(dl_matmul(b + t * ldo, ldo, w, 0, type, x + t * xrow, n_in, r0, r1, 1, ctx), "matmul token");
+                checks++;
+                if (memcmp(a, b, (size_t)(n_tok * ldo) * 4) != 0) {
+                    printf("FAIL matmul batch type %d n_in %lld n_tok %lld %-8s differs from token by token\n", type,
+                           (long long)n_in, (long long)n_tok, vn);
+                    failures++;
+                }
+                free(xf), free(x), free(a), free(b);
+            }
+            free(w);
+        }
+}
+
 static void test_elementwise(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     const int64_t sizes[] = {1, 31, 32, 33, 4095, 4096};
     for (int si = 0; si < 6; si++) {
@@ -221,6 +255,7 @@ int main(void) {
             dl_ctx *ctx = dl_ctx_create(nth, vi);
             const int before = failures;
             test_matmul(ref, ctx, dl_variant_name(vi));
+            test_batch(ref, ctx, dl_variant_name(vi));
             test_elementwise(ref, ctx, dl_variant_name(vi));
             test_silu_accuracy(ctx, dl_variant_name(vi));
             test_rope_attention(ref, ctx, dl_variant_name(vi));
