@@ -426,7 +426,7 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
 #endif
 
 #ifdef DL_HAVE_PACKED_Q4_0
-static int64_t k_pack_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES; }
+static int64_t k_pack_bytes(int64_t nb) { return pack_token_bytes(nb); }
 #endif
 
 const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
