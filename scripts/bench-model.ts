@@ -1,6 +1,6 @@
 // Single-node model benchmark on a TinyLlama-shape model (dim 2048, ffn 5632, 22 layers, 32 heads,
 // 4 KV heads, vocab 32000) in Q4_0 and Q8_0, generated once into build/models/ by make-model.ts:
-// prompt tokens/s (a 64-token prompt as one batch), decode tokens/s, the weight bytes read per decoded
+// prompt tokens/s (a 64-token prompt as one batch, best of 3), decode tokens/s, the weight bytes read per decoded
 // token as GB/s beside this machine's read bandwidth measured in the same run (the roofline), and the
 // time per token spent in TypeScript between native calls. 1 and 2 threads.
 //
@@ -52,9 +52,15 @@ for (const type of types) {
     const prompt = Array.from({ length: PROMPT_TOKENS }, (_, i) => 3 + ((i * 7919) % (c.vocabSize - 3)));
     const cache = e.model.newCache(PROMPT_TOKENS + nDecode + 1);
     await e.model.forward(prompt.slice(0, 4), 0, cache); // warm: page the weights in
-    let t0 = performance.now();
-    let logits = await e.model.forward(prompt, 0, cache);
-    const promptS = (performance.now() - t0) / 1000;
+    // the prompt: best of 3 (this VM's second core is sometimes busy elsewhere)
+    let promptS = Infinity;
+    let logits = new Float32Array(0);
+    for (let i = 0; i < 3; i++) {
+      const p0 = performance.now();
+      logits = await e.model.forward(prompt, 0, cache);
+      promptS = Math.min(promptS, (performance.now() - p0) / 1000);
+    }
+    let t0: number;
     clock.reset();
     t0 = performance.now();
     for (let i = 0; i < nDecode; i++) {
