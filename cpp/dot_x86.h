@@ -196,7 +196,6 @@ static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t n
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
 #define DL_DOTR_TOKENS 4
-#define DL_HAVE_DOTRT_Q4_0
 
 static inline __m512i load4x16(const uint8_t *p, int64_t stride) {
     __m512i z = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p));

@@ -124,31 +124,6 @@ DOT2_GENERIC(dot_f32)
 DOT2_GENERIC(dot_f16)
 DOT2_GENERIC(dot_bf16)
 
-#ifdef DL_HAVE_DOTRT_Q4_0
-/* Batches: tiles of DL_DOTR_ROWS weight rows x DL_DOTR_TOKENS tokens, so each unpacked weight step
- * serves several tokens (prompt processing is compute-bound). */
-static void matmul_q4_0_tiled(float *out, int64_t ldo, const uint8_t *wb, int64_t ldw, const block_q8_0 *xq, int64_t nb,
-                              int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
-    enum { R = DL_DOTR_ROWS, T = DL_DOTR_TOKENS };
-    int64_t r = ra;
-    for (; r + R <= rb; r += R) {
-        int64_t t = 0;
-        for (; t + T <= n_tok; t += T) {
-            float s[R * T];
-            dotrt_q4_0(s, wb + r * ldw, ldw, R, xq + t * nb, T, nb);
-            for (int j = 0; j < T; j++)
-                for (int i = 0; i < R; i++) out[(t + j) * ldo + (r + i - r0)] = s[j * R + i];
-        }
-        for (; t < n_tok; t++) {
-            float s[R];
-            dotrt_q4_0(s, wb + r * ldw, ldw, R, xq + t * nb, 1, nb);
-            for (int i = 0; i < R; i++) out[t * ldo + (r + i - r0)] = s[i];
-        }
-    }
-    for (; r < rb; r++)
-        for (int64_t t = 0; t < n_tok; t++) dotrt_q4_0(&out[t * ldo + (r - r0)], wb + r * ldw, ldw, 1, xq + t * nb, 1, nb);
-}
-#endif
 
 #ifdef DL_HAVE_DOTR
 /* DL_DOTR_ROWS weight rows at a time share every activation load (dotr_* from the arch header). */
@@ -184,12 +159,8 @@ static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wt
     case DL_TYPE_Q8_0:
         MATMUL_ROWS(dotr_q8_0, ldw, n_in / QK);
         break;
-    case DL_TYPE_Q4_0:
-#ifdef DL_HAVE_DOTRT_Q4_0
-        matmul_q4_0_tiled(out, ldo, (const uint8_t *)w, ldw, (const block_q8_0 *)x, n_in / QK, r0, ra, rb, n_tok);
-#else
+    case DL_TYPE_Q4_0: /* batches of 4+ blocks per row take k_matmul_packed (dispatch.c) */
         MATMUL_ROWS(dotr_q4_0, ldw, n_in / QK);
-#endif
         break;
 #else
     case DL_TYPE_Q8_0:
