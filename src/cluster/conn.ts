@@ -3,6 +3,7 @@
 // `next()` to await the next message with a deadline.
 import type { Socket } from "bun";
 import { Framer, Writer } from "./framer";
+import { type Spinner } from "./spin";
 import { decodeMessage, type Message, MessageType, messageTypeName, ProtocolError, writeMessage } from "./protocol";
 
 export interface Received {
@@ -117,8 +118,11 @@ export class Conn {
     return this.seq++;
   }
 
-  /** The next message, or an error when the connection closes or nothing comes within `timeoutMs`. */
-  next(timeoutMs: number, what: string): Promise<Received> {
+  /**
+   * The next message, or an error when the connection closes or nothing comes within `timeoutMs`.
+   * With a `spinner`, a message due soon is busy-polled for (spin.ts) before the process sleeps.
+   */
+  next(timeoutMs: number, what: string, spinner: Spinner | null = null): Promise<Received> {
     const r = this.inbox.shift();
     if (r) return Promise.resolve(r);
     if (this.closedWith) return Promise.reject(this.closedWith);
@@ -127,16 +131,18 @@ export class Conn {
         this.waiter = null;
         reject(new Error(`${this.peer} did not answer ${what} within ${(timeoutMs / 1000).toFixed(1)} s`));
       }, timeoutMs);
-      this.waiter = {
-        resolve: (x) => {
+      const waiter = {
+        resolve: (x: Received) => {
           clearTimeout(timer);
           resolve(x);
         },
-        reject: (e) => {
+        reject: (e: Error) => {
           clearTimeout(timer);
           reject(e);
         },
       };
+      this.waiter = waiter;
+      spinner?.spin(() => this.waiter !== waiter);
     });
   }
 

@@ -7,6 +7,7 @@ import type { GGUFFile } from "../model/gguf";
 import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
+import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
 import type { Slice } from "./partition";
 import { type FileIdentity } from "./storage";
@@ -37,6 +38,8 @@ export interface ClusterOptions {
   connectTimeoutMs?: number;
   /** a worker silent this long inside a step is declared stalled */
   stallTimeoutMs?: number;
+  /** busy-polls for a worker's result before sleeping (spin.ts; default: the process's spinner, null: never) */
+  spinner?: Spinner | null;
   /** compare full-file MD5s instead of the sampled one (the identity must then carry fullMd5) */
   verifyFull?: boolean;
   /** time the root's side of the wire, and ask the workers to time theirs */
@@ -116,12 +119,13 @@ export class ClusterPeers implements Peers {
     private readonly wire: WireType,
     private readonly stallMs: number,
     private readonly prof: Profiler | null,
+    private readonly spinner: Spinner | null,
   ) {}
 
   static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
     const addrs = parseWorkerList(o.workers.join(","));
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
-    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null);
+    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
       await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o)));
     } catch (e) {
@@ -175,7 +179,7 @@ export class ClusterPeers implements Peers {
     const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
     const p = this.prof;
     let t = p ? p.start() : 0;
-    const results = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what)));
+    const results = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0; i < results.length; i++) {

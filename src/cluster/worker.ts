@@ -8,6 +8,7 @@ import { type KVCache, loadWeights, SliceCompute } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
+import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
@@ -42,6 +43,9 @@ export interface WorkerOptions {
   log?: (line: string) => void;
   /** how long a root may stay silent inside a step before the session is dropped */
   idleTimeoutMs?: number;
+  /** after sending a result, busy-polls for the root's next message (spin.ts; default: the process's
+   *  spinner, null: never) */
+  spinner?: Spinner | null;
 }
 
 export function hmac(secret: string, nonce: Uint8Array): Uint8Array {
@@ -154,8 +158,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
 
     // ---- steps
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
+    const spin = o.spinner === undefined ? spinner : o.spinner;
+    let answered = false; // a Result just went out: the root's next Forward is due within a layer's time
     for (;;) {
-      const r = await conn.next(idle, "the next step");
+      const r = await conn.next(idle, "the next step", answered ? spin : null);
+      answered = false;
       session.prof?.idle(Op.NetworkWait);
       const m = r.message;
       if (m.type === MessageType.Bye) return;
@@ -175,6 +182,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       }
       if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${MessageType[m.type] ?? m.type} during a session`);
       await forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
+      answered = true;
     }
   };
 
