@@ -368,11 +368,14 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
  * The fp16 scales of 8 blocks are gathered into one vector, converted together and multiplied by the
  * activation's, then broadcast from the stack per block: no per-block scalar conversion.
  * Every row is combined in the same order whatever R is, so results do not depend on how rows are
- * grouped (thread count, row ranges). Each group of 8 blocks prefetches the same place in the next
- * group of rows (see the AVX-512 note on short rows).
+ * grouped (thread count, row ranges). The R rows are `stride` bytes apart, each the head of its own
+ * sequential stream (DL_DOTR_STREAMS, kernels.c); each group of 8 blocks prefetches its row's stream
+ * DL_AHEAD bytes on.
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
+#define DL_DOTR_STREAMS 1
+#define DL_AHEAD 512
 
 static inline uint16_t load_u16(const uint8_t *p) {
     uint16_t v;
@@ -396,24 +399,24 @@ static inline __m256 scales8(const uint8_t *p, int64_t stride) {
 
 /* d_w * d_x of rows w (R of them, row_bytes apart) and activation x for blocks b .. b + g - 1 (g <= 8),
  * into sc[r][0 .. g). */
-static inline __attribute__((always_inline)) void block_scales(float sc[][8], const uint8_t *w, int64_t row_bytes, int64_t block_bytes,
+static inline __attribute__((always_inline)) void block_scales(float sc[][8], const uint8_t *w, int64_t stride, int64_t block_bytes,
                                                                const int R, const block_q8_0 *x, int64_t g) {
     if (g == 8) {
         const __m256 sx = scales8((const uint8_t *)x, 34);
         for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * row_bytes;
+            const uint8_t *wr = w + r * stride;
             _mm256_storeu_ps(sc[r], _mm256_mul_ps(scales8(wr, block_bytes), sx));
-            for (int64_t o = 0; o < 8 * block_bytes; o += 64) _mm_prefetch((const char *)wr + R * row_bytes + o, _MM_HINT_T1);
+            for (int64_t o = 0; o < 8 * block_bytes; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
         }
     } else {
         for (int64_t j = 0; j < g; j++) {
             const float dx = f16_scalar(x[j].d);
-            for (int r = 0; r < R; r++) sc[r][j] = f16_scalar(load_u16(w + r * row_bytes + j * block_bytes)) * dx;
+            for (int r = 0; r < R; r++) sc[r][j] = f16_scalar(load_u16(w + r * stride + j * block_bytes)) * dx;
         }
     }
 }
 
-static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, int64_t nb) {
     const __m256i m4 = _mm256_set1_epi8(15), c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1), neg1 = _mm256_set1_epi16(-1);
     const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4); /* high 128 bits: the high nibbles */
@@ -422,13 +425,13 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
     float sc[DL_DOTR_ROWS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
-        block_scales(sc, w + b * 18, row_bytes, 18, R, x + b, g);
+        block_scales(sc, w + b * 18, stride, 18, R, x + b, g);
         for (int64_t j = 0; j < g; j++) {
             const __m256i qx = load256(x[b + j].q);
             /* -8 * (sum of each 4-byte lane of x) */
             const __m256i neg = _mm256_madd_epi16(_mm256_maddubs_epi16(c8, qx), neg1);
             for (int r = 0; r < R; r++) {
-                const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + r * row_bytes + (b + j) * 18 + 2)));
+                const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + r * stride + (b + j) * 18 + 2)));
                 const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(t, shift), m4);
                 const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, qx), ones), neg);
                 acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][j]), _mm256_cvtepi32_ps(d), acc[r]);
@@ -438,7 +441,7 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
     for (int r = 0; r < R; r++) s[r] = hsum256(acc[r]);
 }
 
-static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[DL_DOTR_ROWS];
@@ -446,11 +449,11 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
     float sc[DL_DOTR_ROWS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
-        block_scales(sc, w + b * 34, row_bytes, 34, R, x + b, g);
+        block_scales(sc, w + b * 34, stride, 34, R, x + b, g);
         for (int64_t j = 0; j < g; j++) {
             const __m256i qx = load256(x[b + j].q);
             for (int r = 0; r < R; r++) {
-                const __m256i q = load256(w + r * row_bytes + (b + j) * 34 + 2);
+                const __m256i q = load256(w + r * stride + (b + j) * 34 + 2);
                 const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(qx, q)), ones);
                 acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][j]), _mm256_cvtepi32_ps(d), acc[r]);
             }

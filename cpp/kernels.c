@@ -126,18 +126,37 @@ DOT2_GENERIC(dot_bf16)
 
 
 #ifdef DL_HAVE_DOTR
-/* DL_DOTR_ROWS weight rows at a time share every activation load (dotr_* from the arch header). */
+/* DL_DOTR_ROWS weight rows at a time share every activation load (dotr_* from the arch header; its
+ * `stride` is the distance between those rows). With DL_DOTR_STREAMS the rows of a call are spread
+ * over the range, one per quarter: each quarter is then read as one long sequential stream, which
+ * the hardware prefetcher follows, where four adjacent short rows (2048 values: 1152 bytes of Q4_0)
+ * each end before it has ramped up (measured on Zen 3: 5.5 -> 9.5 GB/s for 2048-value rows). A
+ * row's value does not depend on the rows it is computed with. */
+#ifdef DL_DOTR_STREAMS
+#define MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
+    const int64_t q = (rb - ra) / DL_DOTR_ROWS;                                                     \
+    for (int64_t i = 0; i < q; i++)                                                                 \
+        for (int64_t t = 0; t < n_tok; t++) {                                                       \
+            float s[DL_DOTR_ROWS];                                                                  \
+            DOTR(s, wb + (ra + i) * (row_bytes), q * (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb)); \
+            for (int k = 0; k < DL_DOTR_ROWS; k++) out[t * ldo + (ra + k * q + i - r0)] = s[k];    \
+        }                                                                                           \
+    int64_t r = ra + DL_DOTR_ROWS * q;
+#else
+#define MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
+    int64_t r = ra;                                                                                 \
+    for (; r + DL_DOTR_ROWS <= rb; r += DL_DOTR_ROWS)                                               \
+        for (int64_t t = 0; t < n_tok; t++) {                                                       \
+            float s[DL_DOTR_ROWS];                                                                  \
+            DOTR(s, wb + r * (row_bytes), (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb));          \
+            for (int i = 0; i < DL_DOTR_ROWS; i++) out[t * ldo + (r + i - r0)] = s[i];              \
+        }
+#endif
 #define MATMUL_ROWS(DOTR, row_bytes, nb)                                                            \
     do {                                                                                            \
         const uint8_t *wb = (const uint8_t *)w;                                                     \
         const block_q8_0 *xq = (const block_q8_0 *)x;                                               \
-        int64_t r = ra;                                                                             \
-        for (; r + DL_DOTR_ROWS <= rb; r += DL_DOTR_ROWS)                                           \
-            for (int64_t t = 0; t < n_tok; t++) {                                                   \
-                float s[DL_DOTR_ROWS];                                                              \
-                DOTR(s, wb + r * (row_bytes), (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb));      \
-                for (int i = 0; i < DL_DOTR_ROWS; i++) out[t * ldo + (r + i - r0)] = s[i];          \
-            }                                                                                       \
+        MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
         for (; r < rb; r++)                                                                         \
             for (int64_t t = 0; t < n_tok; t++) DOTR(&out[t * ldo + (r - r0)], wb + r * (row_bytes), (row_bytes), 1, xq + t * (nb), (nb)); \
     } while (0)
