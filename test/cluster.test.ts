@@ -97,6 +97,11 @@ describe("same results as one node", () => {
           expect(many.code).toBe(0);
           expect(many.out).toBe(one.out);
         }
+        // every worker computed its share of the logits (SESSION_LOGITS)
+        for (const w of ws) {
+          for (let i = 0; i < 100 && !/logits \d+\.\.\d+\)/.test(w.log()); i++) await Bun.sleep(20);
+          expect(w.log()).toMatch(/logits \d+\.\.\d+\)/);
+        }
       } finally {
         stop(ws);
       }

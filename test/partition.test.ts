@@ -1,6 +1,11 @@
 import { expect, test } from "bun:test";
 import type { ModelConfig } from "../src/model/config";
-import { partition } from "../src/cluster/partition";
+import { join } from "node:path";
+import { partition, splitVocab } from "../src/cluster/partition";
+import { outputTensorName, sliceOffsets } from "../src/cluster/plan";
+import { readConfig } from "../src/model/config";
+import { GGUFFile } from "../src/model/gguf";
+import { typeBytes } from "../src/native/types";
 
 const cfg = (heads: number, kv: number, headDim: number, hidden: number) => ({ nHeads: heads, nKvHeads: kv, headDim, hiddenDim: hidden }) as ModelConfig;
 
@@ -39,4 +44,33 @@ test("impossible splits are refused with a reason", () => {
   expect(() => partition(cfg(10, 2, 64, 1024), 3)).toThrow(/cannot share this model's 10 heads/);
   expect(() => partition(cfg(4, 4, 64, 1000), 2)).toThrow(/feed-forward size 1000 is not a multiple/);
   expect(() => partition(cfg(4, 4, 16, 1024), 2)).toThrow(/not a multiple of the 32-value block/);
+});
+
+test("the vocabulary (logits rows) is cut into contiguous shares covering every row once", () => {
+  for (const [vocab, nodes] of [[32000, 2], [32000, 3], [151936, 7], [5, 5], [1000, 1]] as const) {
+    const r = splitVocab(vocab, nodes);
+    expect(r.length).toBe(nodes);
+    expect(r[0]!.start).toBe(0);
+    for (let i = 1; i < nodes; i++) expect(r[i]!.start).toBe(r[i - 1]!.end);
+    expect(r[nodes - 1]!.end).toBe(vocab);
+    const sizes = r.map((x) => x.end - x.start);
+    expect(Math.max(...sizes) - Math.min(...sizes)).toBeLessThanOrEqual(1);
+  }
+  expect(() => splitVocab(32000, 0)).toThrow(/node count/);
+});
+
+test("a plan with the logits ends with the first of the node's output rows", () => {
+  for (const name of ["tiny-q4_0", "qwen2-tiny-q8_0", "mini-f32"]) {
+    const g = GGUFFile.open(join(import.meta.dir, "fixtures", "models", `${name}.gguf`));
+    const c = readConfig(g);
+    const s = partition(c, 2, 32)[1]!;
+    const rows = splitVocab(c.vocabSize, 2)[1]!;
+    const plain = sliceOffsets(g, c, s), withLogits = sliceOffsets(g, c, s, rows);
+    expect(withLogits.slice(0, plain.length)).toEqual(plain);
+    expect(withLogits.length).toBe(plain.length + 1);
+    const name_ = outputTensorName(g), t = g.tensor(name_);
+    const last = withLogits[withLogits.length - 1]!;
+    expect(last.tensor).toBe([...g.tensors.keys()].indexOf(name_));
+    expect(last.offset).toBe(t.offset + rows.start * typeBytes(t.type, t.dims[0]!));
+  }
 });

@@ -28,6 +28,8 @@ import {
   pickWireType,
   PROTOCOL_VERSION,
   ProtocolError,
+  SESSION_LOGITS,
+  SESSION_PROFILE,
   writeActivationFrame,
   writeMessage,
 } from "../src/cluster/protocol";
@@ -254,6 +256,30 @@ const GOLDEN: Golden[] = [
       07 00 00 00  62 61 64 20 6d 64 35                 # "bad md5"`,
   },
   {
+    name: "HelloAck (a worker that computes its share of the logits)",
+    msg: { type: MessageType.HelloAck, version: 1, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    head: { seq: 2 },
+    bytes: `
+      44 4c 4c 4d  01 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      01 00  17 00 00 00                      # version 1, capabilities q8_0 | f16 | f32 | logits (bit 4)
+      01 00 00 00  72                         # name "r"
+      06 00 00 00  6d 2e 67 67 75 66
+      89 67 45 23 01 00 00 00
+      00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f`,
+  },
+  {
+    name: "Session (profile, logits)",
+    msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 3 },
+    head: { seq: 3 },
+    bytes: `
+      44 4c 4c 4d  01 00  10 00  00 00  00 00  03 00 00 00  18 00 00 00  ff ff ff ff   # type 16, length 24
+      01 00 00 00  02 00 00 00                # node 1 of 2
+      08 00 00 00                             # wire Q8_0
+      00 08 00 00                             # n_ctx 2048
+      01 00 00 00                             # KV cache F16
+      03 00 00 00                             # flags: SESSION_PROFILE | SESSION_LOGITS`,
+  },
+  {
     name: "Bye",
     msg: { type: MessageType.Bye },
     head: { seq: 9 },
@@ -284,6 +310,12 @@ describe("golden bytes", () => {
     expect(PROTOCOL_VERSION).toBe(1);
     expect(NO_LAYER).toBe(0xffffffff);
     expect(DEFAULT_MAX_PAYLOAD).toBe(64 * 1024 * 1024);
+  });
+
+  test("capability and session flag values", () => {
+    expect([Capability.Q8_0, Capability.F16, Capability.F32, Capability.FullMd5, Capability.Logits]).toEqual([1, 2, 4, 8, 16]);
+    expect(ALL_CAPABILITIES & Capability.Logits).toBe(0); // negotiated by a worker, not implied
+    expect([SESSION_PROFILE, SESSION_LOGITS]).toEqual([1, 2]);
   });
 
   test("every message type has a golden vector", () => {

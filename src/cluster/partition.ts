@@ -68,6 +68,16 @@ export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
   return out;
 }
 
+/**
+ * Rows of the output projection (the logits) of each of `nodes` nodes: contiguous shares of the
+ * vocabulary differing by at most one row. A worker computes its share when it and the root agreed
+ * to (Capability.Logits, SESSION_LOGITS); the root computes its own and those of the other workers.
+ */
+export function splitVocab(vocabSize: number, nodes: number): Range[] {
+  if (!Number.isInteger(nodes) || nodes < 1) throw new Error(`node count ${nodes} must be a whole number >= 1`);
+  return Array.from({ length: nodes }, (_, i) => splitRange(vocabSize, nodes, i));
+}
+
 /** The whole model on one node. */
 export function wholeModel(c: ModelConfig): Slice {
   return partition(c, 1)[0]!;

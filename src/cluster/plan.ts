@@ -5,10 +5,16 @@
 import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
 import { typeBytes } from "../native/types";
-import type { Slice } from "./partition";
+import type { Range, Slice } from "./partition";
 import type { OffsetEntry } from "./protocol";
 
-export function sliceOffsets(g: GGUFFile, c: ModelConfig, s: Pick<Slice, "heads" | "kvHeads" | "ffn">): OffsetEntry[] {
+/** The tensor the logits come from: output.weight, or token_embd.weight when the model ties them. */
+export function outputTensorName(g: GGUFFile): string {
+  return g.tensors.has("output.weight") ? "output.weight" : "token_embd.weight";
+}
+
+/** The offset index of a slice; with `logits`, a last entry for the first of those output rows. */
+export function sliceOffsets(g: GGUFFile, c: ModelConfig, s: Pick<Slice, "heads" | "kvHeads" | "ffn">, logits?: Range): OffsetEntry[] {
   const ids = new Map([...g.tensors.keys()].map((name, i) => [name, i]));
   const out: OffsetEntry[] = [];
   const rows = (name: string, r0: number) => {
@@ -30,5 +36,6 @@ export function sliceOffsets(g: GGUFFile, c: ModelConfig, s: Pick<Slice, "heads"
     rows(`${p}ffn_up.weight`, s.ffn.start);
     cols(`${p}ffn_down.weight`, s.ffn.start);
   }
+  if (logits) rows(outputTensorName(g), logits.start);
   return out;
 }

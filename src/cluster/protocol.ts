@@ -11,7 +11,8 @@
 //   Plan                 layer list, offset index                         = 8 + 4 layers + 12 entries
 //   PlanAck              layer list (the layers the worker now serves)    = 4 + 4n
 //   Forward, Result,     tensor metadata, data in the wire type          = 5 + 4 dims + data
-//   Logits
+//   Logits               (Logits: root to worker the final hidden state, worker to root its rows of
+//                        the logits; only in a session with SESSION_LOGITS)
 //   Stats                u32 n, n x (u32 StatId, u64 value)               = 4 + 12n
 //                        (root to worker with n = 0: a request; the StatId scheme is in
 //                        src/profile/profiler.ts)
@@ -54,6 +55,13 @@ export const FLAG_STATS_RESET = 0x0004;
 export const FLAGS_KNOWN = FLAG_LAST_OF_STEP | FLAG_FEED_FORWARD | FLAG_STATS_RESET;
 /** Session flag bit 0: the worker times its operations (answers Stats requests with them). */
 export const SESSION_PROFILE = 0x0001;
+/** Session flag bit 1 (only to a worker whose HelloAck has Capability.Logits): the worker computes its
+ *  share of the logits (partition.ts splitVocab). The Plan's offset index then ends with one more
+ *  entry, the first of those rows of the output tensor; per forward step the root may send a Logits
+ *  message (tensor [n, dim]: the final normalised hidden state of the step's last n tokens, in the
+ *  output projection's activation type when that is a wire type, so the worker computes what the
+ *  root would) and the worker answers with a Logits message (tensor [n, rows], F32). */
+export const SESSION_LOGITS = 0x0002;
 /** Default largest payload a Framer accepts (and a Writer builds). */
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Largest node name / model path in a Hello, and Error message (bytes of UTF-8). */
@@ -121,6 +129,8 @@ export const enum Capability {
   F32 = 1 << 2,
   /** in a root's Hello: the model MD5 is the full-file MD5 (--verify full), not the sample one */
   FullMd5 = 1 << 3,
+  /** in a worker's HelloAck: it can compute its rows of the output projection (SESSION_LOGITS) */
+  Logits = 1 << 4,
 }
 export const ALL_CAPABILITIES = Capability.Q8_0 | Capability.F16 | Capability.F32;
 

@@ -5,11 +5,11 @@
 import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
 import { Phase, type Peers } from "../model/llama";
-import { GGMLType, type Kernels } from "../native/types";
+import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
-import { sliceOffsets } from "./plan";
-import type { Slice } from "./partition";
+import { outputTensorName, sliceOffsets } from "./plan";
+import { type Range, type Slice, splitVocab } from "./partition";
 import { type FileIdentity } from "./storage";
 import { type Counters, countersFromStats, Op, type Profiler } from "../profile/profiler";
 import { hmac, md5FromHex } from "./worker";
@@ -17,12 +17,15 @@ import {
   ALL_CAPABILITIES,
   Capability,
   decodeActivation,
+  DEFAULT_MAX_PAYLOAD,
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
   HEADER_SIZE,
+  isWireType,
   MessageType,
   tensorMetaBytes,
   PROTOCOL_VERSION,
+  SESSION_LOGITS,
   SESSION_PROFILE,
   writeActivationFrame,
   writeMessage,
@@ -109,6 +112,13 @@ function connect(host: string, port: number, addr: string, timeoutMs: number): P
 
 export class ClusterPeers implements Peers {
   private tmp = new Float32Array(0);
+  /** per worker: the logits rows it computes (SESSION_LOGITS), or null when the root computes them */
+  private readonly logitRows: (Range | null)[];
+  /** the rows of the logits the root computes: its own and those of workers that do not */
+  private readonly localLogitRows: Range[];
+  /** the final hidden state travels in the output projection's activation type: what the root
+   *  would compute with, so the workers' rows are the root's to the bit */
+  private readonly logitsWire: WireType;
   /** bytes sent and received, frames, for the figures */
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
 
@@ -120,14 +130,27 @@ export class ClusterPeers implements Peers {
     private readonly stallMs: number,
     private readonly prof: Profiler | null,
     private readonly spinner: Spinner | null,
-  ) {}
+    g: GGUFFile,
+  ) {
+    this.logitRows = conns.map(() => null);
+    this.localLogitRows = [];
+    const act = TYPE_TRAITS.get(g.tensor(outputTensorName(g)).type)?.activation ?? GGMLType.F32;
+    this.logitsWire = isWireType(act) ? act : GGMLType.F32;
+  }
 
   static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
     const addrs = parseWorkerList(o.workers.join(","));
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
-    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
+    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner, g);
     try {
-      await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o)));
+      const vocab = splitVocab(c.vocabSize, slices.length);
+      await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o, i, vocab[i + 1]!)));
+      // the rows the root computes itself, merged where they touch
+      for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.logitRows[i])]) {
+        const last = peers.localLogitRows[peers.localLogitRows.length - 1];
+        if (last && last.end === r.start) peers.localLogitRows[peers.localLogitRows.length - 1] = { start: last.start, end: r.end };
+        else peers.localLogitRows.push(r);
+      }
     } catch (e) {
       peers.close();
       throw e;
@@ -135,7 +158,7 @@ export class ClusterPeers implements Peers {
     return peers;
   }
 
-  private async handshake(conn: Conn, g: GGUFFile, c: ModelConfig, id: FileIdentity, slice: Slice, nodes: number, o: ClusterOptions): Promise<void> {
+  private async handshake(conn: Conn, g: GGUFFile, c: ModelConfig, id: FileIdentity, slice: Slice, nodes: number, o: ClusterOptions, index: number, vocab: Range): Promise<void> {
     const t = 10_000;
     const full = o.verifyFull && id.fullMd5;
     const capabilities = ALL_CAPABILITIES | (full ? Capability.FullMd5 : 0);
@@ -149,9 +172,13 @@ export class ClusterPeers implements Peers {
     }
     if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
-    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags: o.profiler ? SESSION_PROFILE : 0 });
-    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice) });
+    // a worker that can computes its share of the logits (one more round trip per step, half the rows)
+    const logits = (r.message.capabilities & Capability.Logits) !== 0;
+    const flags = (o.profiler ? SESSION_PROFILE : 0) | (logits ? SESSION_LOGITS : 0);
+    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags });
+    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice, logits ? vocab : undefined) });
     await conn.expect(MessageType.PlanAck, t, "the plan");
+    if (logits) this.logitRows[index] = vocab;
   }
 
   begin(pos0: number, n: number): void {
@@ -199,6 +226,51 @@ export class ClusterPeers implements Peers {
       if (p) t = p.lap(Op.WireDecompress, t);
       this.k.add(into, into, this.tmp, size);
       if (p) p.stop(Op.Add, t);
+    }
+  }
+
+  sendLogits(h: Float32Array, n: number): readonly Range[] | null {
+    const c = this.c;
+    let most = 0;
+    for (const r of this.logitRows) if (r) most = Math.max(most, r.end - r.start);
+    // logits of many tokens (perplexity) above a frame's limit: the root computes them all
+    if (most === 0 || n * most * 4 + 64 > DEFAULT_MAX_PAYLOAD) return null;
+    const p = this.prof;
+    for (let i = 0; i < this.conns.length; i++) {
+      if (!this.logitRows[i]) continue;
+      const conn = this.conns[i]!;
+      let t = p ? p.start() : 0;
+      const info = writeActivationFrame(conn.writer, this.k, MessageType.Logits, { seq: conn.nextSeq() }, h.subarray(0, n * c.dim), [n, c.dim], this.logitsWire);
+      this.stats.bytesOut += info.frameBytes;
+      if (p) t = p.lap(Op.WireCompress, t);
+      conn.flushWriter();
+      if (p) p.stop(Op.NetworkSend, t);
+    }
+    return this.localLogitRows;
+  }
+
+  async gatherLogits(into: Float32Array, n: number): Promise<void> {
+    const vocab = this.c.vocabSize, p = this.prof;
+    const asked = this.conns.filter((_, i) => this.logitRows[i]);
+    let t = p ? p.start() : 0;
+    const results = await (asked.length === 1 ? [await asked[0]!.next(this.stallMs, "the logits", this.spinner)] : Promise.all(asked.map((conn) => conn.next(this.stallMs, "the logits", this.spinner))));
+    if (p) p.stop(Op.NetworkWait, t);
+    this.stats.syncs++;
+    for (let i = 0, j = 0; i < this.conns.length; i++) {
+      const rows = this.logitRows[i];
+      if (!rows) continue;
+      const r = results[j++]!, conn = this.conns[i]!, m = r.message, nr = rows.end - rows.start;
+      if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
+      if (m.type !== MessageType.Logits) throw new Error(`${conn.peer} answered the logits with message type ${m.type}`);
+      if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== nr || m.tensor.type !== GGMLType.F32) {
+        throw new Error(`${conn.peer} answered the logits with a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${nr}] F32`);
+      }
+      this.stats.bytesIn += HEADER_SIZE + tensorMetaBytes(2) + m.tensor.data.length;
+      if (p) t = p.start();
+      if (this.tmp.length < n * nr) this.tmp = new Float32Array(n * nr);
+      decodeActivation(this.k, m.tensor, this.tmp);
+      for (let tok = 0; tok < n; tok++) into.set(this.tmp.subarray(tok * nr, (tok + 1) * nr), tok * vocab + rows.start);
+      if (p) p.stop(Op.WireDecompress, t);
     }
   }
 

@@ -4,15 +4,15 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile } from "../model/gguf";
-import { type KVCache, loadWeights, SliceCompute } from "../model/llama";
+import { type KVCache, loadWeights, type Matrix, SliceCompute } from "../model/llama";
 import { loadKernels } from "../native/index";
-import { GGMLType, type Kernels } from "../native/types";
+import { GGMLType, type Kernels, TYPE_TRAITS, typeBytes } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
-import { partition, type Slice } from "./partition";
+import { partition, type Range, type Slice, splitVocab } from "./partition";
 import type { ModelConfig } from "../model/config";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
@@ -25,6 +25,7 @@ import {
   MessageType,
   NONCE_BYTES,
   PROTOCOL_VERSION,
+  SESSION_LOGITS,
   SESSION_PROFILE,
   writeActivationFrame,
   type Message,
@@ -69,6 +70,8 @@ interface Session {
   out: Float32Array;
   pos: number;
   nTokens: number;
+  /** SESSION_LOGITS: the output rows this worker computes, and the output matrix */
+  logits: { rows: Range; output: Matrix; out: Float32Array } | null;
 }
 
 export interface RunningWorker {
@@ -120,7 +123,9 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       if (!Buffer.from(r.message.digest).equals(Buffer.from(want))) throw refuse(conn, ErrorCode.Unauthorized, `worker ${name} refused the root: wrong cluster secret`);
     }
     if (session) throw refuse(conn, ErrorCode.Busy, `worker ${name} is busy serving another root`);
-    conn.send({ type: MessageType.HelloAck, version: PROTOCOL_VERSION, capabilities: ALL_CAPABILITIES, name, model: { path: identity.path, size: identity.size, sampleMd5: md5FromHex(identity.fastMd5) } });
+    // a worker streaming its weights through --max-memory keeps the output matrix out of its budget
+    const capabilities = ALL_CAPABILITIES | (o.maxMemory === undefined ? Capability.Logits : 0);
+    conn.send({ type: MessageType.HelloAck, version: PROTOCOL_VERSION, capabilities, name, model: { path: identity.path, size: identity.size, sampleMd5: md5FromHex(identity.fastMd5) } });
 
     // ---- session and plan: map the file, check the slice offsets the root expects
     const s = (await conn.expect(MessageType.Session, 10_000, "the session settings")).message;
@@ -130,7 +135,9 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const weights = loadWeights(g, config);
     const slices = partition(config, s.nodes, alignmentOf(weights));
     const slice = slices[s.node]!;
-    const mine = sliceOffsets(g, config, slice);
+    if (s.flags & SESSION_LOGITS && !(capabilities & Capability.Logits)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name} streams its weights (--max-memory) and does not compute logits`);
+    const logitRows = s.flags & SESSION_LOGITS ? splitVocab(config.vocabSize, s.nodes)[s.node]! : undefined;
+    const mine = sliceOffsets(g, config, slice, logitRows);
     const wrong = mine.findIndex((e, i) => plan.offsets[i]?.tensor !== e.tensor || plan.offsets[i]?.offset !== e.offset);
     if (wrong >= 0 || plan.offsets.length !== mine.length) {
       throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: the plan's byte offsets do not match this file's layout (entry ${wrong}): refusing to compute a wrong slice`);
@@ -152,9 +159,10 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       };
     }
     const compute = new SliceCompute(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, prof, streamed);
-    session = { conn, compute, kernels, prof, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0 };
+    session = { conn, compute, kernels, prof, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0,
+      logits: logitRows ? { rows: logitRows, output: weights.output, out: new Float32Array(0) } : null };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
-    log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
+    log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
     // ---- steps
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
@@ -180,6 +188,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         session.nTokens = m.nTokens;
         continue;
       }
+      if (m.type === MessageType.Logits && session.logits) {
+        logits(session, m);
+        answered = true;
+        continue;
+      }
       if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${MessageType[m.type] ?? m.type} during a session`);
       await forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
       answered = true;
@@ -202,6 +215,30 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     if (p) t = p.start();
     writeActivationFrame(s.conn.writer, s.kernels, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
     if (p) t = p.lap(Op.WireCompress, t);
+    s.conn.flushWriter();
+    if (p) p.stop(Op.NetworkSend, t);
+  };
+
+  /** This worker's rows of the logits for the final hidden state of the step's last n tokens. */
+  const logits = (s: Session, m: Extract<Message, { type: MessageType.Logits }>) => {
+    const c = s.compute.config, L = s.logits!;
+    const n = m.tensor.shape[0]!, rows = L.rows.end - L.rows.start;
+    if (m.tensor.shape.length !== 2 || m.tensor.shape[1] !== c.dim || n < 1 || n > s.nTokens) {
+      throw new Error(`Logits [${m.tensor.shape.join(", ")}] does not fit the step (up to ${s.nTokens} tokens of ${c.dim})`);
+    }
+    if (s.h.length < n * c.dim) [s.h, s.out] = [new Float32Array(n * c.dim), new Float32Array(n * c.dim)];
+    if (L.out.length < n * rows) L.out = new Float32Array(n * rows);
+    const p = s.prof;
+    let t = p ? p.start() : 0;
+    decodeActivation(s.kernels, m.tensor, s.h);
+    if (p) t = p.lap(Op.WireDecompress, t);
+    const w = L.output, x = activation(s.kernels, w.type, s.h, n * c.dim);
+    s.kernels.matmul(L.out, rows, w.data, w.type, x, w.nIn, L.rows.start, L.rows.end, n);
+    if (p) {
+      p.stop(Op.Logits, t, rows * typeBytes(w.type, w.nIn));
+      t = p.start();
+    }
+    writeActivationFrame(s.conn.writer, s.kernels, MessageType.Logits, { seq: s.conn.nextSeq() }, L.out.subarray(0, n * rows), [n, rows], GGMLType.F32);
     s.conn.flushWriter();
     if (p) p.stop(Op.NetworkSend, t);
   };
@@ -242,6 +279,21 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   log(`worker ${name}: listening on ${o.host}:${server.port}, model ${o.modelPath}${identity ? ` (${identity.size} bytes, fast md5 ${identity.fastMd5})` : ""}`);
   if (!o.secret) log(`worker ${name}: WARNING: no cluster secret (--secret or DAIRLLM_SECRET): anyone who can reach ${o.host}:${server.port} can use this worker`);
   return { port: server.port, stop: () => server.stop(true) };
+}
+
+/** `count` floats of x in the activation type a `type` matmul takes (as LlamaModel's Activation does). */
+function activation(k: Kernels, type: GGMLType, x: Float32Array, count: number): Uint8Array | Uint16Array | Float32Array {
+  const act = TYPE_TRAITS.get(type)!.activation;
+  if (act === GGMLType.F32) return x;
+  if (act === GGMLType.Q8_0) {
+    const out = new Uint8Array(typeBytes(GGMLType.Q8_0, count));
+    k.quantizeQ8_0(out, x, count);
+    return out;
+  }
+  const out = new Uint16Array(count);
+  if (act === GGMLType.F16) k.f32ToF16(out, x, count);
+  else k.f32ToBf16(out, x, count);
+  return out;
 }
 
 /** Sends an Error to the peer and returns the Error to throw locally. */

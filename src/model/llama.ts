@@ -386,6 +386,12 @@ export interface Peers {
   begin(pos0: number, n: number): void;
   send(layer: number, phase: Phase, h: Float32Array, n: number): void;
   gather(layer: number, phase: Phase, into: Float32Array, n: number): Promise<void>;
+  /** Optional, the logits shared out: hands the nodes that compute rows of the output projection the
+   *  final normalised hidden state h (n rows) and returns the row ranges this node computes itself,
+   *  or null when it computes them all. */
+  sendLogits?(h: Float32Array, n: number): readonly { start: number; end: number }[] | null;
+  /** After sendLogits: copies the other nodes' rows into `into` (n rows of the vocabulary). */
+  gatherLogits?(into: Float32Array, n: number): Promise<void>;
 }
 
 /** The root's view of the model: embeddings, the residual stream, norms and logits, plus its slice. */
@@ -458,6 +464,19 @@ export class LlamaModel {
     k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
     const logits = new Float32Array(count * c.vocabSize);
     const out = w.output, input = this.act.set(h, count * c.dim).as(out.type), p = this.prof;
+    const local = this.streamed ? null : (peers?.sendLogits?.(h, count) ?? null);
+    if (local) {
+      // the other nodes compute their rows meanwhile
+      const t = p ? p.start() : 0;
+      let bytes = 0;
+      for (const r of local) {
+        k.matmul(logits.subarray(r.start), c.vocabSize, out.data, out.type, input, out.nIn, r.start, r.end, count);
+        bytes += (r.end - r.start) * typeBytes(out.type, out.nIn);
+      }
+      if (p) p.stop(Op.Logits, t, bytes);
+      await peers!.gatherLogits!(logits, count);
+      return logits;
+    }
     if (!this.streamed) {
       const t = p ? p.start() : 0;
       k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
