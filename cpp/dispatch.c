@@ -257,6 +257,7 @@ dl_ctx *dl_ctx_create(int n_threads, int variant) {
             dl_ctx_destroy(ctx);
             return NULL;
         }
+        pthread_setname_np(ctx->threads[i], "dairllm-pool"); /* what top and /proc/<pid>/task/<tid>/comm show */
         ctx->n_threads = i + 1;
     }
     return ctx;

