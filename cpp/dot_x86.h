@@ -360,20 +360,22 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
 
 #if !DL_X86_AVX512
 /*
- * AVX2 Q4_0 / Q8_0 x Q8_0 over R weight rows at once (R <= 4), sharing every activation load, one
- * block (32 values) per 256-bit step. Per row and block the integer dot is exact:
+ * AVX2 Q4_0 / Q8_0 x Q8_0: a tile of R weight rows (R <= 4) and T activation rows (T <= 2), one
+ * block (32 values) per 256-bit step. Each activation block is loaded once for all rows, each weight
+ * block once for all tokens. Per row, token and block the integer dot is exact:
  *   Q4_0: vpmaddubsw takes the nibbles (0..15) as they are, unsigned, against the signed activations;
  *         "- 8" becomes "- 8 * sum(x)" per 4-byte lane, computed once per activation block for all rows.
  *   Q8_0: the sign trick, |w| (unsigned) times x * sign(w).
- * The fp16 scales of 8 blocks are gathered into one vector, converted together and multiplied by the
- * activation's, then broadcast from the stack per block: no per-block scalar conversion.
- * Every row is combined in the same order whatever R is, so results do not depend on how rows are
- * grouped (thread count, row ranges). The R rows are `stride` bytes apart, each the head of its own
- * sequential stream (DL_DOTR_STREAMS, kernels.c); each group of 8 blocks prefetches its row's stream
- * DL_AHEAD bytes on.
+ * The fp16 scales of 8 blocks are gathered into one vector per row and per token, converted together,
+ * multiplied, and broadcast from the stack per block: no per-block scalar conversion.
+ * Every (row, token) is combined in the same order whatever R and T are, so results do not depend on
+ * how rows and tokens are grouped (thread count, row ranges, batch or token by token). The R rows are
+ * `stride` bytes apart, each the head of its own sequential stream (DL_DOTR_STREAMS, kernels.c); each
+ * group of 8 blocks prefetches its row's stream DL_AHEAD bytes on.
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
+#define DL_DOTR_TOKENS 2
 #define DL_DOTR_STREAMS 1
 #define DL_AHEAD 512
 
@@ -397,69 +399,83 @@ static inline __m256 scales8(const uint8_t *p, int64_t stride) {
     return _mm256_cvtph_ps(h);
 }
 
-/* d_w * d_x of rows w (R of them, row_bytes apart) and activation x for blocks b .. b + g - 1 (g <= 8),
- * into sc[r][0 .. g). */
-static inline __attribute__((always_inline)) void block_scales(float sc[][8], const uint8_t *w, int64_t stride, int64_t block_bytes,
-                                                               const int R, const block_q8_0 *x, int64_t g) {
+/* d_w * d_x of rows w (R of them, `stride` apart) and tokens x (T of them, nb blocks apart) for the
+ * g (<= 8) blocks from the start of w and x, into sc[r][t][0 .. g); prefetches the rows' streams. */
+static inline __attribute__((always_inline)) void tile_scales(float sc[][DL_DOTR_TOKENS][8], const uint8_t *w, int64_t stride,
+                                                              int64_t block_bytes, const int R, const block_q8_0 *x, const int T,
+                                                              int64_t nb, int64_t g) {
     if (g == 8) {
-        const __m256 sx = scales8((const uint8_t *)x, 34);
+        __m256 sx[DL_DOTR_TOKENS];
+        for (int t = 0; t < T; t++) sx[t] = scales8((const uint8_t *)(x + t * nb), 34);
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * stride;
-            _mm256_storeu_ps(sc[r], _mm256_mul_ps(scales8(wr, block_bytes), sx));
+            const __m256 sw = scales8(wr, block_bytes);
+            for (int t = 0; t < T; t++) _mm256_storeu_ps(sc[r][t], _mm256_mul_ps(sw, sx[t]));
             for (int64_t o = 0; o < 8 * block_bytes; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
         }
     } else {
-        for (int64_t j = 0; j < g; j++) {
-            const float dx = f16_scalar(x[j].d);
-            for (int r = 0; r < R; r++) sc[r][j] = f16_scalar(load_u16(w + r * stride + j * block_bytes)) * dx;
-        }
+        for (int64_t j = 0; j < g; j++)
+            for (int r = 0; r < R; r++)
+                for (int t = 0; t < T; t++) sc[r][t][j] = f16_scalar(load_u16(w + r * stride + j * block_bytes)) * f16_scalar(x[t * nb + j].d);
     }
 }
 
+/* s[t * R + r] = row r . token t */
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
-                                                            const block_q8_0 *x, int64_t nb) {
-    const __m256i m4 = _mm256_set1_epi8(15), c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1), neg1 = _mm256_set1_epi16(-1);
+                                                            const block_q8_0 *x, const int T, int64_t nb) {
+    const __m256i m4 = _mm256_set1_epi8(15), c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4); /* high 128 bits: the high nibbles */
-    __m256 acc[DL_DOTR_ROWS];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-    float sc[DL_DOTR_ROWS][8];
+    __m256 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    float sc[DL_DOTR_ROWS][DL_DOTR_TOKENS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
-        block_scales(sc, w + b * 18, stride, 18, R, x + b, g);
+        tile_scales(sc, w + b * 18, stride, 18, R, x + b, T, nb, g);
         for (int64_t j = 0; j < g; j++) {
-            const __m256i qx = load256(x[b + j].q);
-            /* -8 * (sum of each 4-byte lane of x) */
-            const __m256i neg = _mm256_madd_epi16(_mm256_maddubs_epi16(c8, qx), neg1);
+            __m256i qx[DL_DOTR_TOKENS], sum8[DL_DOTR_TOKENS];
+            for (int t = 0; t < T; t++) {
+                qx[t] = load256(x[t * nb + b + j].q);
+                sum8[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(c8, qx[t]), ones); /* 8 * (sum of each 4-byte lane) */
+            }
             for (int r = 0; r < R; r++) {
-                const __m256i t = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + r * stride + (b + j) * 18 + 2)));
-                const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(t, shift), m4);
-                const __m256i d = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, qx), ones), neg);
-                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][j]), _mm256_cvtepi32_ps(d), acc[r]);
+                const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + r * stride + (b + j) * 18 + 2)));
+                const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+                for (int t = 0; t < T; t++) {
+                    const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, qx[t]), ones), sum8[t]);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t][j]), _mm256_cvtepi32_ps(d), acc[r][t]);
+                }
             }
         }
     }
-    for (int r = 0; r < R; r++) s[r] = hsum256(acc[r]);
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
 }
 
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
-                                                            const block_q8_0 *x, int64_t nb) {
+                                                            const block_q8_0 *x, const int T, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[DL_DOTR_ROWS];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-    float sc[DL_DOTR_ROWS][8];
+    __m256 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    float sc[DL_DOTR_ROWS][DL_DOTR_TOKENS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
-        block_scales(sc, w + b * 34, stride, 34, R, x + b, g);
+        tile_scales(sc, w + b * 34, stride, 34, R, x + b, T, nb, g);
         for (int64_t j = 0; j < g; j++) {
-            const __m256i qx = load256(x[b + j].q);
+            __m256i qx[DL_DOTR_TOKENS];
+            for (int t = 0; t < T; t++) qx[t] = load256(x[t * nb + b + j].q);
             for (int r = 0; r < R; r++) {
-                const __m256i q = load256(w + r * stride + (b + j) * 34 + 2);
-                const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(qx, q)), ones);
-                acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][j]), _mm256_cvtepi32_ps(d), acc[r]);
+                const __m256i q = load256(w + r * stride + (b + j) * 34 + 2), aq = _mm256_sign_epi8(q, q);
+                for (int t = 0; t < T; t++) {
+                    const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(qx[t], q)), ones);
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t][j]), _mm256_cvtepi32_ps(d), acc[r][t]);
+                }
             }
         }
     }
-    for (int r = 0; r < R; r++) s[r] = hsum256(acc[r]);
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
 }
 #endif
 

@@ -133,15 +133,25 @@ DOT2_GENERIC(dot_bf16)
  * each end before it has ramped up (measured on Zen 3: 5.5 -> 9.5 GB/s for 2048-value rows). A
  * row's value does not depend on the rows it is computed with. */
 #ifdef DL_DOTR_STREAMS
+/* ... and DL_DOTR_TOKENS tokens at a time share each weight load (dotr_* take the token count) */
 #define MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
-    const int64_t q = (rb - ra) / DL_DOTR_ROWS;                                                     \
-    for (int64_t i = 0; i < q; i++)                                                                 \
-        for (int64_t t = 0; t < n_tok; t++) {                                                       \
-            float s[DL_DOTR_ROWS];                                                                  \
-            DOTR(s, wb + (ra + i) * (row_bytes), q * (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb)); \
-            for (int k = 0; k < DL_DOTR_ROWS; k++) out[t * ldo + (ra + k * q + i - r0)] = s[k];    \
+    enum { R_ = DL_DOTR_ROWS, T_ = DL_DOTR_TOKENS };                                                \
+    const int64_t q = (rb - ra) / R_;                                                               \
+    for (int64_t i = 0; i < q; i++) {                                                               \
+        float s[R_ * T_];                                                                           \
+        int64_t t = 0;                                                                              \
+        for (; t + T_ <= n_tok; t += T_) {                                                          \
+            DOTR(s, wb + (ra + i) * (row_bytes), q * (row_bytes), R_, xq + t * (nb), T_, (nb));     \
+            for (int j = 0; j < T_; j++)                                                            \
+                for (int k = 0; k < R_; k++) out[(t + j) * ldo + (ra + k * q + i - r0)] = s[j * R_ + k]; \
         }                                                                                           \
-    int64_t r = ra + DL_DOTR_ROWS * q;
+        for (; t < n_tok; t++) {                                                                    \
+            DOTR(s, wb + (ra + i) * (row_bytes), q * (row_bytes), R_, xq + t * (nb), 1, (nb));      \
+            for (int k = 0; k < R_; k++) out[t * ldo + (ra + k * q + i - r0)] = s[k];              \
+        }                                                                                           \
+    }                                                                                               \
+    for (int64_t r = ra + R_ * q; r < rb; r++)                                                      \
+        for (int64_t t = 0; t < n_tok; t++) DOTR(&out[t * ldo + (r - r0)], wb + r * (row_bytes), (row_bytes), 1, xq + t * (nb), 1, (nb));
 #else
 #define MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
     int64_t r = ra;                                                                                 \
@@ -150,15 +160,15 @@ DOT2_GENERIC(dot_bf16)
             float s[DL_DOTR_ROWS];                                                                  \
             DOTR(s, wb + r * (row_bytes), (row_bytes), DL_DOTR_ROWS, xq + t * (nb), (nb));          \
             for (int i = 0; i < DL_DOTR_ROWS; i++) out[t * ldo + (r + i - r0)] = s[i];              \
-        }
+        }                                                                                           \
+    for (; r < rb; r++)                                                                             \
+        for (int64_t t = 0; t < n_tok; t++) DOTR(&out[t * ldo + (r - r0)], wb + r * (row_bytes), (row_bytes), 1, xq + t * (nb), (nb));
 #endif
 #define MATMUL_ROWS(DOTR, row_bytes, nb)                                                            \
     do {                                                                                            \
         const uint8_t *wb = (const uint8_t *)w;                                                     \
         const block_q8_0 *xq = (const block_q8_0 *)x;                                               \
         MATMUL_GROUPS(DOTR, row_bytes, nb)                                                          \
-        for (; r < rb; r++)                                                                         \
-            for (int64_t t = 0; t < n_tok; t++) DOTR(&out[t * ldo + (r - r0)], wb + r * (row_bytes), (row_bytes), 1, xq + t * (nb), (nb)); \
     } while (0)
 #endif
 
