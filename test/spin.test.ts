@@ -1,7 +1,9 @@
 // The busy-poll policy of src/cluster/spin.ts, with a substituted run-queue clock: it stops when the
 // message comes, stops when the core is wanted elsewhere, and pauses after contention in a row.
 import { expect, test } from "bun:test";
-import { BACKOFF_MS, Spinner } from "../src/cluster/spin";
+import { BACKOFF_MS, SPIN_MS, Spinner } from "../src/cluster/spin";
+
+const quiet = { queuedNs: () => 0, runnable: () => 1 };
 
 /** Resolves when `cond` holds (polled; no timing is asserted). */
 async function until(cond: () => boolean): Promise<void> {
@@ -10,7 +12,7 @@ async function until(cond: () => boolean): Promise<void> {
 }
 
 test("a spin ends when the message is there, and turns the event loop meanwhile", async () => {
-  const s = new Spinner(1000, () => 0);
+  const s = new Spinner(1000, quiet);
   let came = false, turns = 0;
   s.spin(() => {
     turns++;
@@ -26,8 +28,9 @@ test("a spin ends when the message is there, and turns the event loop meanwhile"
   expect(s.contended).toBe(0);
 });
 
-test("spinning off (bound 0) never schedules a callback", async () => {
-  const s = new Spinner(0, () => 0);
+test("spinning off (bound 0, the default without DAIRLLM_SPIN_MS) never schedules a callback", async () => {
+  if (process.env.DAIRLLM_SPIN_MS === undefined) expect(SPIN_MS).toBe(0);
+  const s = new Spinner(0, quiet);
   let turns = 0;
   s.spin(() => (turns++, false));
   await Bun.sleep(5);
@@ -37,7 +40,7 @@ test("spinning off (bound 0) never schedules a callback", async () => {
 
 test("a core wanted by another thread cuts the spin; three in a row pause spinning", async () => {
   let queued = 0;
-  const s = new Spinner(60_000, () => (queued += 1e9)); // every look: a second more in the run queue
+  const s = new Spinner(60_000, { queuedNs: () => (queued += 1e9), runnable: () => 1 }); // every look: a second more in the run queue
   for (let i = 1; i <= 3; i++) {
     s.spin(() => false);
     await until(() => s.contended === i);
@@ -49,7 +52,7 @@ test("a core wanted by another thread cuts the spin; three in a row pause spinni
 
 test("a spin without contention resets the count", async () => {
   let queued = 0, busy = true;
-  const s = new Spinner(60_000, () => (busy ? (queued += 1e9) : queued));
+  const s = new Spinner(60_000, { queuedNs: () => (busy ? (queued += 1e9) : queued), runnable: () => 1 });
   for (let i = 1; i <= 2; i++) {
     s.spin(() => false);
     await until(() => s.contended === i);
@@ -68,9 +71,21 @@ test("a spin without contention resets the count", async () => {
   expect(s.spins).toBe(5);
 });
 
-test("the real run-queue clock is readable and counts up", () => {
-  const s = new Spinner(1);
-  const q = (s as unknown as { queued(): number }).queued();
-  expect(Number.isFinite(q)).toBe(true);
-  expect(q).toBeGreaterThanOrEqual(0);
+test("more runnable threads than cores cut the spin at once", async () => {
+  let runnable = 1;
+  const s = new Spinner(60_000, { queuedNs: () => 0, runnable: () => runnable });
+  let came = false;
+  s.spin(() => came);
+  await Bun.sleep(3);
+  expect(s.contended).toBe(0); // alone: still spinning
+  runnable = 1000;
+  await until(() => s.contended === 1);
+  came = true;
+});
+
+test("the real run-queue clock and runnable count are readable", () => {
+  const s = new Spinner(1) as unknown as { queued(): number; runnable(): number };
+  expect(Number.isFinite(s.queued())).toBe(true);
+  expect(s.queued()).toBeGreaterThanOrEqual(0);
+  expect(s.runnable()).toBeGreaterThanOrEqual(process.platform === "linux" ? 1 : 0); // this thread
 });

@@ -1,16 +1,23 @@
-// Busy-polling for a message that is due soon. A process waiting in Bun's event loop sleeps in
-// epoll; waking it up again (the sender's kernel signals the sleeping CPU, a VM's vCPU leaves its
-// idle state) costs tens to hundreds of µs, twice per reduction. While a reply is expected within a
-// layer's time, a node therefore keeps its event loop turning (a chain of setImmediate callbacks: Bun
-// then polls its sockets without blocking) for at most `boundMs`, then sleeps as usual.
+// Busy-polling for a message that is due soon (opt-in: DAIRLLM_SPIN_MS). A process waiting in Bun's
+// event loop sleeps in epoll; waking it up again (the sender's kernel signals the sleeping CPU, a VM's
+// vCPU leaves its idle state) costs tens of µs, twice per reduction. While a reply is expected within
+// a layer's time, a node can keep its event loop turning instead (a chain of setImmediate callbacks:
+// Bun then polls its sockets without blocking) for at most `boundMs`, then sleep as usual.
 //
-// Spinning only pays when the core is otherwise idle. When more busy processes than cores share a
-// machine (several nodes on one host), a spinning node takes CPU time from a computing one. So the
-// spinner watches its own thread's run-queue wait (/proc/thread-self/schedstat, Linux; elsewhere the
-// process's involuntary context switches): when it was kept waiting for a CPU for more than a quarter
-// of a spin, another thread wanted that core, and the spin stops at once; after three such spins in a
-// row (not a passing burst of one of Bun's helper threads) it does not spin again for BACKOFF_MS.
+// Measured on the 2-vCPU development VM (scripts/bench-cluster.ts and a loopback ping-pong of 2.2 KB
+// messages): the ping-pong round trip drops from ~100 to ~65 µs (median, 1 ms of work between
+// messages), but decode speed of a root and a worker does not move beyond the run-to-run noise, so
+// spinning is off unless DAIRLLM_SPIN_MS is set.
+//
+// Spinning only pays when the core is otherwise idle. When more busy threads than cores share a
+// machine (several nodes on one host), a spinning node holds a CPU for a whole time slice (ms) that a
+// computing one needed. So while spinning, the spinner looks every 0.1 ms at the machine's runnable
+// threads (/proc/loadavg) and at its own run-queue wait (/proc/thread-self/schedstat; elsewhere the
+// process's involuntary context switches): more runnable threads than cores, or waiting for a CPU
+// more than a quarter of the spin, stops the spin at once; after three such spins in a row (not a
+// passing burst of one of Bun's helper threads) it does not spin again for BACKOFF_MS.
 import { closeSync, openSync, readSync } from "node:fs";
+import { cpus } from "node:os";
 
 /** How often, while spinning, the run-queue wait is looked at */
 const CHECK_MS = 0.1;
@@ -27,6 +34,8 @@ export class Spinner {
   /** spins started */
   spins = 0;
   private fd = -2; // -2: not opened yet, -1: no schedstat on this system
+  private loadFd = -2; // /proc/loadavg, the same way
+  private readonly cores = Math.max(1, cpus().length);
   private readonly buf = new Uint8Array(96);
   private pausedUntil = 0;
   private inARow = 0;
@@ -34,8 +43,9 @@ export class Spinner {
   constructor(
     /** the longest a wait is spent spinning; 0 turns spinning off */
     readonly boundMs: number,
-    /** ns this thread has been kept waiting for a CPU (a counter); tests substitute their own */
-    private readonly queuedNs: (() => number) | null = null,
+    /** ns this thread has been kept waiting for a CPU (a counter), and the machine's runnable
+     *  threads; tests substitute their own */
+    private readonly probe: { queuedNs(): number; runnable(): number } | null = null,
   ) {}
 
   /**
@@ -59,7 +69,7 @@ export class Spinner {
       if (now >= until) return;
       if (now >= check) {
         check = now + CHECK_MS;
-        if (this.queued() - q0 > CONTENDED_SHARE * (now - t0) * 1e6) {
+        if (this.runnable() > this.cores || this.queued() - q0 > CONTENDED_SHARE * (now - t0) * 1e6) {
           this.contended++;
           if (++this.inARow >= CONTENDED_IN_A_ROW) {
             this.inARow = 0;
@@ -73,10 +83,42 @@ export class Spinner {
     setImmediate(step);
   }
 
+  /** Threads running or waiting for a CPU on the whole machine, this one included (the 4th field of
+   *  /proc/loadavg, "running/total"); 0 where it cannot be read. A spinning thread holds its CPU for
+   *  a whole time slice before it is the one kept waiting: more runnable threads than cores means one
+   *  is waiting now, possibly for this core. */
+  private runnable(): number {
+    if (this.probe) return this.probe.runnable();
+    if (this.loadFd === -2) {
+      try {
+        this.loadFd = openSync("/proc/loadavg", "r");
+      } catch {
+        this.loadFd = -1;
+      }
+    }
+    if (this.loadFd < 0) return 0;
+    try {
+      const n = readSync(this.loadFd, this.buf, 0, this.buf.length, 0);
+      let spaces = 0, i = 0;
+      while (i < n && spaces < 3) if (this.buf[i++] === 0x20) spaces++;
+      let v = 0;
+      for (; i < n; i++) {
+        const c = this.buf[i]! - 0x30;
+        if (c < 0 || c > 9) break;
+        v = v * 10 + c;
+      }
+      return v;
+    } catch {
+      closeSync(this.loadFd);
+      this.loadFd = -1;
+      return 0;
+    }
+  }
+
   /** ns of run-queue wait of this thread so far (a count of involuntary switches, 1 ms each, where
    *  /proc/thread-self/schedstat is missing) */
   private queued(): number {
-    if (this.queuedNs) return this.queuedNs();
+    if (this.probe) return this.probe.queuedNs();
     if (this.fd === -2) {
       try {
         this.fd = openSync("/proc/thread-self/schedstat", "r");
@@ -107,10 +149,10 @@ export class Spinner {
 }
 
 /** How long a node busy-polls for a message due within a step (root: a worker's result; worker: the
- *  next block input after its result). DAIRLLM_SPIN_MS overrides it; 0 turns spinning off. */
+ *  next block input after its result): DAIRLLM_SPIN_MS, default 0 (off). */
 export const SPIN_MS = (() => {
-  const v = Number(process.env.DAIRLLM_SPIN_MS ?? 5);
-  return Number.isFinite(v) && v >= 0 ? v : 5;
+  const v = Number(process.env.DAIRLLM_SPIN_MS ?? 0);
+  return Number.isFinite(v) && v >= 0 ? v : 0;
 })();
 
 /** The process's spinner: one policy for all connections (they share the core it watches). */
