@@ -376,6 +376,21 @@ describe("golden bytes", () => {
 // ---- round trips and the Writer -----------------------------------------------------------------
 
 describe("round trips", () => {
+  test("Writer.flushView: the same bytes as flush, in the reused buffer (valid until the next write)", () => {
+    const a = new Writer(), b = new Writer();
+    const head = { seq: 3, layer: 1 };
+    writeMessage(a, { type: MessageType.Ping, time: 12345 }, head);
+    writeMessage(b, { type: MessageType.Ping, time: 12345 }, head);
+    const view = a.flushView();
+    expect(toHex(view)).toBe(toHex(b.flush()));
+    expect(a.length).toBe(0);
+    writeMessage(a, { type: MessageType.Pong, time: 777 }, { seq: 4 });
+    expect(toHex(a.flushView())).toBe(toHex(encodeMessage(b, { type: MessageType.Pong, time: 777 }, { seq: 4 })));
+    expect(view[6]).toBe(MessageType.Pong); // the first view now shows the second frame: the buffer is reused
+    a.begin(MessageType.Bye, { seq: 5 });
+    expect(() => a.flushView()).toThrow(/while a frame is open/);
+  });
+
   test("random control messages survive encode -> Framer -> decode", () => {
     const rnd = mulberry32(99);
     const int = (n: number) => Math.floor(rnd() * n);

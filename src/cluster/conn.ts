@@ -102,13 +102,15 @@ export class Conn {
   /** Writes what the writer holds (frames built directly with writeActivationFrame and friends). */
   flushWriter(): void {
     if (this.closedWith) throw this.closedWith;
-    const bytes = this.writer.flush();
     if (this.pending.length) {
-      this.pending.push(bytes);
+      this.pending.push(this.writer.flush());
       return;
     }
+    // the frames straight from the writer's buffer (no copy per frame); only what the socket did not
+    // take is copied, as the buffer is reused by the next frame
+    const bytes = this.writer.flushView();
     const n = this.socket.write(bytes);
-    if (n < bytes.length) this.pending.push(bytes.subarray(n));
+    if (n >= 0 && n < bytes.length) this.pending.push(bytes.slice(n)); // -1: closed, the close handler reports it
     // send now: the root computes its own slice right after sending, and a write left in Bun's
     // buffer until the next event-loop turn would make the worker wait for that computation
     this.socket.flush();

@@ -154,6 +154,17 @@ export class Writer {
     return out;
   }
 
+  /**
+   * Every frame written since the last flush as a view of the buffer, not a copy: valid until the
+   * next write (send it at once, copy what the socket did not take). The buffer is then reused.
+   */
+  flushView(): Uint8Array {
+    if (this.frameStart >= 0) throw new Error("Writer: flush() while a frame is open");
+    const out = this.buf.subarray(0, this.pos);
+    this.pos = 0;
+    return out;
+  }
+
   /** Drops the open frame (an encoder threw halfway), keeping the frames before it. */
   abort(): void {
     if (this.frameStart >= 0) this.pos = this.frameStart;

@@ -206,7 +206,9 @@ export class ClusterPeers implements Peers {
     const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
     const p = this.prof;
     let t = p ? p.start() : 0;
-    const results = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
+    const conns = this.conns;
+    // one worker (the common case): no Promise.all and no array of promises per reduction
+    const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await Promise.all(conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0; i < results.length; i++) {
@@ -253,7 +255,7 @@ export class ClusterPeers implements Peers {
     const vocab = this.c.vocabSize, p = this.prof;
     const asked = this.conns.filter((_, i) => this.logitRows[i]);
     let t = p ? p.start() : 0;
-    const results = await (asked.length === 1 ? [await asked[0]!.next(this.stallMs, "the logits", this.spinner)] : Promise.all(asked.map((conn) => conn.next(this.stallMs, "the logits", this.spinner))));
+    const results = asked.length === 1 ? [await asked[0]!.next(this.stallMs, "the logits", this.spinner)] : await Promise.all(asked.map((conn) => conn.next(this.stallMs, "the logits", this.spinner)));
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0, j = 0; i < this.conns.length; i++) {
