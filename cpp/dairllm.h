@@ -24,7 +24,7 @@
 extern "C" {
 #endif
 
-#define DL_ABI_VERSION 2
+#define DL_ABI_VERSION 3
 
 #define DL_OK 0
 #define DL_E_NULL (-1)     /* a required pointer is NULL */
@@ -135,6 +135,13 @@ int dl_f32_to_bf16(uint16_t *out, const float *x, int64_t n, dl_ctx *ctx); /* ro
  * threads, using the widest loads the variant has. out[0] = best seconds of one full read,
  * out[1] = a checksum (so the reads cannot be optimised away). */
 int dl_probe_read(double *out, const void *buf, int64_t bytes, int iters, dl_ctx *ctx);
+
+/* ---- memory ---------------------------------------------------------------------------- */
+/* Drops the pages lying wholly inside [p, p + bytes) from this process (madvise MADV_DONTNEED); a
+ * later read faults them in again from the file. Only for read-only file mappings (MAP_PRIVATE,
+ * never written): anonymous or written memory would read back as zeros. DL_E_ARG when the kernel
+ * refuses. */
+int dl_release_pages(const void *p, int64_t bytes);
 
 #ifdef __cplusplus
 }

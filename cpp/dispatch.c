@@ -11,7 +11,9 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -654,5 +656,16 @@ int dl_probe_read(double *out, const void *buf, int64_t bytes, int iters, dl_ctx
     for (int i = 0; i < DL_MAX_THREADS; i++) sum += t.sums[i];
     out[0] = best;
     out[1] = (double)sum;
+    return DL_OK;
+}
+
+/* ---- memory ------------------------------------------------------------------------------------------ */
+
+int dl_release_pages(const void *p, int64_t bytes) {
+    CHECK(p, DL_E_NULL);
+    CHECK(bytes >= 0, DL_E_SIZE);
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + (uintptr_t)bytes) & ~(page - 1);
+    if (b > a && madvise((void *)a, b - a, MADV_DONTNEED) != 0) return DL_E_ARG;
     return DL_OK;
 }

@@ -109,3 +109,40 @@ test("the bandwidth probe reads every byte: its checksum is the sum of the buffe
     });
   }
 });
+
+test("releaseFilePages drops a file mapping's pages from the process; reads fault them in again, unchanged", () => {
+  const { mkdtempSync, writeFileSync, rmSync } = require("node:fs") as typeof import("node:fs");
+  const { tmpdir } = require("node:os") as typeof import("node:os");
+  const dir = mkdtempSync(join(tmpdir(), "dairllm-pages-"));
+  try {
+    const path = join(dir, "pages.bin");
+    const size = 16 << 20;
+    const content = new Uint8Array(size).map((_, i) => (i * 31 + (i >> 12)) & 255);
+    writeFileSync(path, content);
+    const rssFile = () => Number(/RssFile:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"))![1]) * 1024;
+    const map = Bun.mmap(path, { shared: false });
+    const view = map.subarray(1000, size - 1000); // not page-aligned: only whole pages inside go
+    const k = createNativeKernels(1);
+    let sum = 0, before = 0, after = 0;
+    try {
+      for (let i = 0; i < map.length; i += 4096) sum += map[i]!;
+      before = rssFile();
+      expect(k.releaseFilePages(view)).toBe(true);
+      after = rssFile();
+      expect(k.releaseFilePages(view.subarray(0, 0))).toBe(true);
+    } finally {
+      k.close();
+    }
+    console.log(`RssFile ${(before / 2 ** 20).toFixed(1)} -> ${(after / 2 ** 20).toFixed(1)} MiB after releasing ${(view.length / 2 ** 20).toFixed(1)} MiB`);
+    expect(before - after).toBeGreaterThanOrEqual(size - 128 * 1024); // file pages may come in 64 KiB folios
+    expect(Buffer.from(map).equals(Buffer.from(content))).toBe(true);
+    expect(sum).toBeGreaterThan(0);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("the TypeScript kernels cannot release pages and say so", () => {
+  const { createTsKernels } = require("../src/native/ts-kernels") as typeof import("../src/native/ts-kernels");
+  expect(createTsKernels().releaseFilePages(new Uint8Array(8192))).toBe(false);
+});

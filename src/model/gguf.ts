@@ -233,10 +233,12 @@ export class GGUFFile {
   readonly alignment: number;
   readonly dataOffset: number;
 
-  /** Parses `bytes` (the whole file, e.g. from Bun.mmap); `path` only names the file in errors. */
+  /** Parses `bytes` (the whole file, e.g. from Bun.mmap); `path` only names the file in errors.
+   *  `mapped`: bytes is a read-only file mapping, whose pages may be dropped and read again. */
   constructor(
     readonly bytes: Uint8Array,
     readonly path = "<memory>",
+    readonly mapped = false,
   ) {
     const c: Cursor = new Cursor(bytes, path); // typed, so that c.fail() (never) narrows types after it
     if (bytes.byteLength < 4 || bytes[0] !== 0x47 || bytes[1] !== 0x47 || bytes[2] !== 0x55 || bytes[3] !== 0x46) {
@@ -320,13 +322,14 @@ export class GGUFFile {
     if (!st.isFile()) throw new GGUFError(path, "not a regular file");
     if (st.size === 0) throw new GGUFError(path, "the file is empty");
     let bytes: Uint8Array;
+    // a file embedded in a compiled binary is not a real file: read it (small: the demo model)
+    const embedded = path.startsWith("/$bunfs/");
     try {
-      // a file embedded in a compiled binary is not a real file: read it (small: the demo model)
-      bytes = path.startsWith("/$bunfs/") ? new Uint8Array(readFileSync(path)) : Bun.mmap(path, { shared: false });
+      bytes = embedded ? new Uint8Array(readFileSync(path)) : Bun.mmap(path, { shared: false });
     } catch (e) {
       throw new GGUFError(path, `cannot be mapped: ${(e as Error).message}`);
     }
-    return new GGUFFile(bytes, path);
+    return new GGUFFile(bytes, path, !embedded);
   }
 
   /** A zero-copy view of a tensor's bytes. */

@@ -39,10 +39,11 @@ const SYMBOLS = {
   dl_f16_to_f32: { args: [ptr, ptr, i64, ptr], returns: i32 },
   dl_f32_to_bf16: { args: [ptr, ptr, i64, ptr], returns: i32 },
   dl_probe_read: { args: [ptr, ptr, i64, i32, ptr], returns: i32 },
+  dl_release_pages: { args: [ptr, i64], returns: i32 },
 } as const;
 
 /** Must equal DL_ABI_VERSION in cpp/dairllm.h. */
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 
 const ERRORS: Record<number, string> = {
   [-1]: "a required pointer is null",
@@ -269,6 +270,9 @@ export function createNativeKernels(threads: number, variant = -1): NativeKernel
       need("f32ToBf16", "out", out.byteLength, 2 * n);
       need("f32ToBf16", "x", x.byteLength, 4 * n);
       check("f32_to_bf16", s.dl_f32_to_bf16(out, x, n, ctx));
+    },
+    releaseFilePages(view) {
+      return view.byteLength === 0 || s.dl_release_pages(view, view.byteLength) === 0;
     },
     probeRead(buf, iters) {
       check("probe_read", s.dl_probe_read(probeOut, buf, buf.byteLength, iters, ctx));

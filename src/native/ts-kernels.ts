@@ -704,5 +704,6 @@ export function createTsKernels(): Kernels {
     f32ToF16,
     f16ToF32,
     f32ToBf16,
+    releaseFilePages: () => false, // no madvise without the native library: the pages stay mapped
   };
 }

@@ -73,4 +73,8 @@ export interface Kernels {
   f32ToF16(out: Uint16Array, x: Float32Array, n: number): void;
   f16ToF32(out: Float32Array, x: Uint16Array, n: number): void;
   f32ToBf16(out: Uint16Array, x: Float32Array, n: number): void;
+  /** Drops the pages lying wholly inside `view` from this process's memory (they stay in the page
+   *  cache; a later read faults them in again). Only for views of a read-only file mapping: other
+   *  memory would read back as zeros. False when these kernels cannot (the TypeScript ones). */
+  releaseFilePages(view: Uint8Array): boolean;
 }
