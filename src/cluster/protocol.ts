@@ -219,17 +219,22 @@ export interface WireTensor extends TensorMeta {
   data: Uint8Array;
 }
 
+/** One member per message type (none shared), so `m.type === MessageType.X` and `Extract<Message, { type: T }>` narrow to it. */
 export type Message =
-  | ({ type: MessageType.Hello | MessageType.HelloAck } & HelloBody)
+  | ({ type: MessageType.Hello } & HelloBody)
+  | ({ type: MessageType.HelloAck } & HelloBody)
   | { type: MessageType.Challenge; nonce: Uint8Array; ranges: ByteRange[] }
   | { type: MessageType.ChallengeResponse; digest: Uint8Array }
   | { type: MessageType.Plan; layers: number[]; offsets: OffsetEntry[] }
   | { type: MessageType.PlanAck; layers: number[] }
-  | { type: MessageType.Forward | MessageType.Result | MessageType.Logits; tensor: WireTensor }
+  | { type: MessageType.Forward; tensor: WireTensor }
+  | { type: MessageType.Result; tensor: WireTensor }
+  | { type: MessageType.Logits; tensor: WireTensor }
   | { type: MessageType.Stats; stats: StatEntry[] }
   | { type: MessageType.Error; code: number; message: string }
   | { type: MessageType.Bye }
-  | { type: MessageType.Ping | MessageType.Pong; time: number }
+  | { type: MessageType.Ping; time: number }
+  | { type: MessageType.Pong; time: number }
   | { type: MessageType.Step; pos: number; nTokens: number }
   | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number };
 

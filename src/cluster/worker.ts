@@ -23,6 +23,7 @@ import {
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
   MessageType,
+  messageTypeName,
   NONCE_BYTES,
   PROTOCOL_VERSION,
   SESSION_LOGITS,
@@ -193,7 +194,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         answered = true;
         continue;
       }
-      if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${MessageType[m.type] ?? m.type} during a session`);
+      if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${messageTypeName(m.type)} during a session`);
       await forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
       answered = true;
     }
