@@ -54,7 +54,7 @@ for (const type of types) {
     await e.model.forward(prompt.slice(0, 4), 0, cache); // warm: page the weights in
     // the prompt: best of 3 (this VM's second core is sometimes busy elsewhere)
     let promptS = Infinity;
-    let logits = new Float32Array(0);
+    let logits: Float32Array = new Float32Array(0);
     for (let i = 0; i < 3; i++) {
       const p0 = performance.now();
       logits = await e.model.forward(prompt, 0, cache);

@@ -796,8 +796,11 @@ const FLAGS: Record<string, [keyof MakeModelOptions | "quiet" | "help", Kind]> =
   "-h": ["help", "flag"],
 };
 
+/** The command line's options: any of them may be missing (--out too, checked by main). */
+export type MakeModelArgs = Partial<MakeModelOptions> & { quiet?: boolean; help?: boolean };
+
 /** Parses the command line into options; a bad option throws a MakeModelError naming it. */
-export function parseArgs(args: string[]): MakeModelOptions & { quiet?: boolean; help?: boolean } {
+export function parseArgs(args: string[]): MakeModelArgs {
   const o: Record<string, unknown> = {};
   for (let i = 0; i < args.length; i++) {
     let arg = args[i]!;
@@ -835,18 +838,23 @@ export function parseArgs(args: string[]): MakeModelOptions & { quiet?: boolean;
       o[key] = value;
     }
   }
-  return o as MakeModelOptions & { quiet?: boolean; help?: boolean };
+  return o as MakeModelArgs;
+}
+
+function hasOut(a: MakeModelArgs): a is MakeModelArgs & { out: string } {
+  return a.out !== undefined;
 }
 
 export async function main(args: string[]): Promise<number> {
-  let opts: ReturnType<typeof parseArgs>;
+  let opts: MakeModelArgs & { out: string };
   try {
-    opts = parseArgs(args);
-    if (opts.help) {
+    const a = parseArgs(args);
+    if (a.help) {
       process.stdout.write(USAGE);
       return 0;
     }
-    if (opts.out === undefined) throw new MakeModelError("--out", "the output file is required");
+    if (!hasOut(a)) throw new MakeModelError("--out", "the output file is required");
+    opts = a;
     resolveSpec(opts); // bad shapes fail here, before anything is written
   } catch (e) {
     if (e instanceof MakeModelError) {

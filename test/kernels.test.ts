@@ -156,7 +156,7 @@ describe("matmul", () => {
             scalar.matmul(ref, ldo, w, type, x, nIn, r0, r1, nTok);
             close(`${name} scalar vs ts`, ref, want, 1e-5);
             for (const v of supported) {
-              let first: Float32Array | null = null;
+              let first: Float32Array<ArrayBuffer> | null = null;
               for (const t of THREADS) {
                 const got = new Float32Array(nTok * ldo).fill(7);
                 native(v.index, t).matmul(got, ldo, w, type, x, nIn, r0, r1, nTok);
@@ -320,7 +320,7 @@ describe("normalisation, activations, element-wise", () => {
 
 describe("RoPE", () => {
   for (const [mode, label] of [[RopeMode.Norm, "adjacent pairs"], [RopeMode.Neox, "NEOX"]] as const) {
-    for (const [heads, hd, nRot] of [[1, 32, 32], [4, 64, 64], [3, 128, 96], [33, 2, 2]]) {
+    for (const [heads, hd, nRot] of [[1, 32, 32], [4, 64, 64], [3, 128, 96], [33, 2, 2]] as const) {
       test(`${label}: ${heads} heads x ${hd}, n_rot ${nRot}, 5 tokens at scattered positions`, () => {
         const nTok = 5;
         const x = rand(nTok * heads * hd, hd + heads);
@@ -345,7 +345,7 @@ describe("RoPE", () => {
 
 describe("attention", () => {
   for (const kvType of [GGMLType.F32, GGMLType.F16]) {
-    for (const [heads, kvHeads, hd, nKv] of [[8, 2, 64, 33], [4, 4, 32, 1], [6, 3, 16, 4096], [32, 8, 128, 31]]) {
+    for (const [heads, kvHeads, hd, nKv] of [[8, 2, 64, 33], [4, 4, 32, 1], [6, 3, 16, 4096], [32, 8, 128, 31]] as const) {
       test(`${kvType === GGMLType.F32 ? "F32" : "F16"} cache: ${heads} heads / ${kvHeads} KV heads x ${hd}, ${nKv} positions, several queries`, () => {
         const stride = kvHeads * hd + 3; // a padded cache row
         const kf = rand(nKv * stride, hd * 3 + 1), vf = rand(nKv * stride, hd * 3 + 2);

@@ -459,7 +459,7 @@ export class LlamaModel {
     const n = tokens.length;
     if (n < 1) throw new Error("forward: no tokens");
     if (pos0 < 0 || pos0 + n > cache.nCtx) throw new Error(`forward: positions ${pos0}..${pos0 + n - 1} exceed the context of ${cache.nCtx}`);
-    if (this.x.length < n * c.dim) [this.x, this.h, this.part] = [0, 0, 0].map(() => new Float32Array(n * c.dim)) as [Float32Array, Float32Array, Float32Array];
+    if (this.x.length < n * c.dim) [this.x, this.h, this.part] = [0, 0, 0].map(() => new Float32Array(n * c.dim)) as [Float32Array<ArrayBuffer>, Float32Array<ArrayBuffer>, Float32Array<ArrayBuffer>];
     const { x, h, part } = this;
 
     // token embeddings: rows of token_embd, dequantised

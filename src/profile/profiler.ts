@@ -92,24 +92,24 @@ export class Profiler {
   /** Starts a timed call: the time since the previous one ends is TypeScript. */
   start(): number {
     const t = now();
-    this.ns[Op.TypeScript] += t - this.last;
+    this.ns[Op.TypeScript]! += t - this.last;
     return t;
   }
 
   /** Ends the call started at t0, as `op`, which read `bytes` of weights. */
   stop(op: Op, t0: number, bytes = 0): void {
     const t = now();
-    this.ns[op] += t - t0;
-    this.calls[op]++;
-    this.bytes[op] += bytes;
+    this.ns[op]! += t - t0;
+    this.calls[op]!++;
+    this.bytes[op]! += bytes;
     this.last = t;
   }
 
   /** Ends the call started at t0 as `op` and starts the next one at once. */
   lap(op: Op, t0: number): number {
     const t = now();
-    this.ns[op] += t - t0;
-    this.calls[op]++;
+    this.ns[op]! += t - t0;
+    this.calls[op]!++;
     this.last = t;
     return t;
   }
@@ -117,8 +117,8 @@ export class Profiler {
   /** The time since the last timed call ended was spent as `op` (a worker idle between frames). */
   idle(op: Op): void {
     const t = now();
-    this.ns[op] += t - this.last;
-    this.calls[op]++;
+    this.ns[op]! += t - this.last;
+    this.calls[op]!++;
     this.last = t;
   }
 
