@@ -33,10 +33,11 @@ export class Spinner {
   contended = 0;
   /** spins started */
   spins = 0;
-  private fd = -2; // -2: not opened yet, -1: no schedstat on this system
-  private loadFd = -2; // /proc/loadavg, the same way
+  // "<ns on a CPU> <ns waiting for a CPU> <time slices>": the second field
+  private readonly schedstat = new ProcNumber("/proc/thread-self/schedstat", 1);
+  // "0.52 0.58 0.59 3/312 12345": the runnable count starts the 4th field
+  private readonly loadavg = new ProcNumber("/proc/loadavg", 3);
   private readonly cores = Math.max(1, cpus().length);
-  private readonly buf = new Uint8Array(96);
   private pausedUntil = 0;
   private inARow = 0;
 
@@ -89,62 +90,54 @@ export class Spinner {
    *  is waiting now, possibly for this core. */
   private runnable(): number {
     if (this.probe) return this.probe.runnable();
-    if (this.loadFd === -2) {
-      try {
-        this.loadFd = openSync("/proc/loadavg", "r");
-      } catch {
-        this.loadFd = -1;
-      }
-    }
-    if (this.loadFd < 0) return 0;
-    try {
-      const n = readSync(this.loadFd, this.buf, 0, this.buf.length, 0);
-      let spaces = 0, i = 0;
-      while (i < n && spaces < 3) if (this.buf[i++] === 0x20) spaces++;
-      let v = 0;
-      for (; i < n; i++) {
-        const c = this.buf[i]! - 0x30;
-        if (c < 0 || c > 9) break;
-        v = v * 10 + c;
-      }
-      return v;
-    } catch {
-      closeSync(this.loadFd);
-      this.loadFd = -1;
-      return 0;
-    }
+    return this.loadavg.read() ?? 0;
   }
 
   /** ns of run-queue wait of this thread so far (a count of involuntary switches, 1 ms each, where
    *  /proc/thread-self/schedstat is missing) */
   private queued(): number {
     if (this.probe) return this.probe.queuedNs();
+    return this.schedstat.read() ?? process.resourceUsage().involuntaryContextSwitches * 1e6;
+  }
+}
+
+/** One whole number of a small /proc file, read again at each call without allocating: the field
+ *  after `skip` spaces. null where the file cannot be opened or read (then never tried again). */
+class ProcNumber {
+  private fd = -2; // -2: not opened yet, -1: not available here
+  private static readonly buf = new Uint8Array(96);
+
+  constructor(
+    private readonly path: string,
+    private readonly skip: number,
+  ) {}
+
+  read(): number | null {
     if (this.fd === -2) {
       try {
-        this.fd = openSync("/proc/thread-self/schedstat", "r");
+        this.fd = openSync(this.path, "r");
       } catch {
         this.fd = -1;
       }
     }
-    if (this.fd >= 0) {
-      try {
-        // "<ns on a CPU> <ns waiting for a CPU> <time slices>\n"
-        const n = readSync(this.fd, this.buf, 0, this.buf.length, 0);
-        let i = 0;
-        while (i < n && this.buf[i] !== 0x20) i++;
-        let v = 0;
-        for (i++; i < n; i++) {
-          const c = this.buf[i]! - 0x30;
-          if (c < 0 || c > 9) break;
-          v = v * 10 + c;
-        }
-        return v;
-      } catch {
-        closeSync(this.fd);
-        this.fd = -1;
+    if (this.fd < 0) return null;
+    const buf = ProcNumber.buf;
+    try {
+      const n = readSync(this.fd, buf, 0, buf.length, 0);
+      let i = 0;
+      for (let spaces = 0; i < n && spaces < this.skip; ) if (buf[i++] === 0x20) spaces++;
+      let v = 0;
+      for (; i < n; i++) {
+        const c = buf[i]! - 0x30;
+        if (c < 0 || c > 9) break;
+        v = v * 10 + c;
       }
+      return v;
+    } catch {
+      closeSync(this.fd);
+      this.fd = -1;
+      return null;
     }
-    return process.resourceUsage().involuntaryContextSwitches * 1e6;
   }
 }
 
