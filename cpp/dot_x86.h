@@ -420,14 +420,23 @@ static inline __attribute__((always_inline)) void tile_scales(float sc[][DL_DOTR
     }
 }
 
+/* A tile's accumulators: 8 partial sums per (row, token), zeroed, then summed into s[t * R + r]. */
+static inline __attribute__((always_inline)) void tile_zero(__m256 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+}
+static inline __attribute__((always_inline)) void tile_sums(float *s, __m256 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
+}
+
 /* s[t * R + r] = row r . token t */
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     const __m256i m4 = _mm256_set1_epi8(15), c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
     const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4); /* high 128 bits: the high nibbles */
     __m256 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    tile_zero(acc, R, T);
     float sc[DL_DOTR_ROWS][DL_DOTR_TOKENS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
@@ -448,16 +457,14 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
+    tile_sums(s, acc, R, T);
 }
 
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    tile_zero(acc, R, T);
     float sc[DL_DOTR_ROWS][DL_DOTR_TOKENS][8];
     for (int64_t b = 0; b < nb; b += 8) {
         const int64_t g = nb - b < 8 ? nb - b : 8;
@@ -474,8 +481,7 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
             }
         }
     }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
+    tile_sums(s, acc, R, T);
 }
 #endif
 
