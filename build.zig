@@ -15,6 +15,7 @@ const Variant = struct { name: []const u8, flags: []const []const u8 = &.{}, fea
 const x86_64_variants = [_]Variant{
     .{ .name = "scalar", .flags = &.{ "-DDL_SCALAR", "-fno-vectorize", "-fno-slp-vectorize" } },
     .{ .name = "x86_64" },
+    .{ .name = "ssse3", .features = &.{ "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt" } }, // x86-64-v2
     .{ .name = "avx2", .features = &.{ "avx2", "fma", "f16c" } },
     .{ .name = "avx512", .features = &.{ "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "evex512" } },
 };

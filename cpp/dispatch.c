@@ -37,7 +37,7 @@ static int always(void) { return 1; }
 static char g_features[256]; /* filled once by cpu_detect(); read-only afterwards */
 
 #if defined(__x86_64__)
-static int g_avx2, g_avx512;
+static int g_ssse3, g_avx2, g_avx512;
 static uint64_t xgetbv0(void) {
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -46,6 +46,7 @@ static uint64_t xgetbv0(void) {
 static void cpu_detect_arch(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    const int sse3 = c & 1, ssse3 = (c >> 9) & 1, sse41 = (c >> 19) & 1, sse42 = (c >> 20) & 1, popcnt = (c >> 23) & 1;
     const int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1, f16c = (c >> 29) & 1;
     const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
     const int os_avx = (xcr0 & 0x6) == 0x6, os_avx512 = (xcr0 & 0xe6) == 0xe6;
@@ -54,17 +55,21 @@ static void cpu_detect_arch(void) {
     }
     const int avx2 = (b7 >> 5) & 1, avx512f = (b7 >> 16) & 1, avx512bw = (b7 >> 30) & 1, avx512vl = (b7 >> 31) & 1;
     const int vnni = (c7 >> 11) & 1;
+    g_ssse3 = sse3 && ssse3 && sse41 && sse42 && popcnt; /* x86-64-v2 */
     g_avx2 = os_avx && avx && avx2 && fma && f16c;
     g_avx512 = g_avx2 && os_avx512 && avx512f && avx512bw && avx512vl && vnni;
-    snprintf(g_features, sizeof g_features, "sse2%s%s%s%s%s%s%s%s", os_avx && avx ? " avx" : "", avx2 ? " avx2" : "",
+    snprintf(g_features, sizeof g_features, "sse2%s%s%s%s%s%s%s%s%s%s%s%s%s", sse3 ? " sse3" : "", ssse3 ? " ssse3" : "",
+             sse41 ? " sse4.1" : "", sse42 ? " sse4.2" : "", popcnt ? " popcnt" : "", os_avx && avx ? " avx" : "", avx2 ? " avx2" : "",
              fma ? " fma" : "", f16c ? " f16c" : "", os_avx512 && avx512f ? " avx512f" : "", avx512bw ? " avx512bw" : "",
              avx512vl ? " avx512vl" : "", vnni ? " avx512vnni" : "");
 }
+static int has_ssse3(void) { return g_ssse3; }
 static int has_avx2(void) { return g_avx2; }
 static int has_avx512(void) { return g_avx512; }
 static const variant_entry g_variants[] = {
     {&dl_kernels_scalar, always},
     {&dl_kernels_x86_64, always},
+    {&dl_kernels_ssse3, has_ssse3},
     {&dl_kernels_avx2, has_avx2},
     {&dl_kernels_avx512, has_avx512},
 };

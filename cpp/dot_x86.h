@@ -1,9 +1,10 @@
 /*
- * dot_x86.h: x86-64 dot products for the avx2 (AVX2 + FMA + F16C) and avx512 (F/BW/VL + VNNI)
- * variants. Included by kernels.c only; the compiler flags of the variant decide what is compiled.
+ * dot_x86.h: x86-64 dot products for the avx2 (AVX2 + FMA + F16C), avx512 (F/BW/VL + VNNI) and ssse3
+ * (x86-64-v2: SSSE3, SSE4.1/4.2, POPCNT, no AVX) variants. Included by kernels.c only; the compiler
+ * flags of the variant decide what is compiled.
  *
- * Q4_0 x Q8_0: the nibbles (0..15) are used as they are, unsigned (vpdpbusd with VNNI, vpmaddubsw on
- * AVX2), and the "- 8" becomes "- 8 * sum(x)" per lane, computed once per activation block.
+ * Q4_0 x Q8_0: the nibbles (0..15) are used as they are, unsigned (vpdpbusd with VNNI, (v)pmaddubsw
+ * on AVX2 and SSSE3), and the "- 8" becomes "- 8 * sum(x)" per lane, computed once per activation block.
  */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -547,6 +548,154 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
     _mm256_storeu_si256((__m256i *)l, s);
     return l[0] + l[1] + l[2] + l[3];
 #endif
+}
+
+#elif defined(__SSSE3__)
+#include <immintrin.h>
+
+/*
+ * SSSE3 Q4_0 / Q8_0 x Q8_0 (CPUs without AVX2: Core 2 from Penryn on, Nehalem, Sandy/Ivy Bridge, AMD
+ * before Excavator). The AVX2 tile with 128-bit vectors: R weight rows (R <= 4, each the head of its
+ * own stream, DL_DOTR_STREAMS) x T activation rows (T <= 2), a block as two 16-byte halves, groups
+ * of 4 blocks. Per row, token and block the integer dot is exact (Q4_0: pmaddubsw on the unsigned
+ * nibbles and "- 8 * sum(x)"; Q8_0: the sign trick). phadd reduces a group's 4 blocks into one vector,
+ * lane j = block j, which is converted and multiplied by the 4 blocks' d_w * d_x once: per block the
+ * reference's (d_w * d_x) * (float)dot, summed in 4 lanes (blocks j mod 4) instead of one. Without
+ * F16C the fp16 scales are converted by h2f4, bit for bit dl_h2f. The blocks after the last whole
+ * group (nb mod 4) take the reference. A row's value does not depend on the rows or tokens it is
+ * computed with.
+ */
+#define DL_HAVE_DOTR
+#define DL_DOTR_ROWS 4
+#define DL_DOTR_TOKENS 2
+#define DL_DOTR_STREAMS 1
+#define DL_AHEAD 512
+
+static inline uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return v;
+}
+
+static inline __m128i load128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
+
+/* fp16 in the low half of each 32-bit lane -> float: the bits of dl_h2f (subnormals, inf, NaN). */
+static inline __m128 h2f4(__m128i h) {
+    const __m128i em = _mm_and_si128(h, _mm_set1_epi32(0x7fff)), e = _mm_and_si128(h, _mm_set1_epi32(0x7c00));
+    const __m128i bias = _mm_set1_epi32(112 << 23);
+    __m128i n = _mm_add_epi32(_mm_slli_epi32(em, 13), bias);                               /* normal: rebias */
+    n = _mm_add_epi32(n, _mm_and_si128(_mm_cmpeq_epi32(e, _mm_set1_epi32(0x7c00)), bias)); /* inf, NaN: 255 */
+    const __m128 sub = _mm_mul_ps(_mm_cvtepi32_ps(em), _mm_set1_ps(0x1p-24f));           /* zero, subnormal */
+    const __m128 z = _mm_castsi128_ps(_mm_cmpeq_epi32(e, _mm_setzero_si128()));
+    const __m128 v = _mm_or_ps(_mm_and_ps(z, sub), _mm_andnot_ps(z, _mm_castsi128_ps(n)));
+    return _mm_or_ps(v, _mm_castsi128_ps(_mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x8000)), 16)));
+}
+
+/* The fp16 values at p, p + stride, p + 2 stride, p + 3 stride, as 4 floats. */
+static inline __m128 scales4(const uint8_t *p, int64_t stride) {
+    __m128i h = _mm_cvtsi32_si128(load_u16(p));
+    h = _mm_insert_epi16(h, load_u16(p + stride), 2);
+    h = _mm_insert_epi16(h, load_u16(p + 2 * stride), 4);
+    h = _mm_insert_epi16(h, load_u16(p + 3 * stride), 6);
+    return h2f4(h);
+}
+
+static inline float hsum128(__m128 v) {
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    return _mm_cvtss_f32(v);
+}
+
+/* A tile's accumulators: 4 partial sums per (row, token), zeroed, then summed into s[t * R + r]. */
+static inline __attribute__((always_inline)) void tile_zero(__m128 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm_setzero_ps();
+}
+static inline __attribute__((always_inline)) void tile_sums(float *s, __m128 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) s[t * R + r] = hsum128(acc[r][t]);
+}
+
+/* s[t * R + r] = row r . token t */
+static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
+                                                            const block_q8_0 *x, const int T, int64_t nb) {
+    const __m128i m4 = _mm_set1_epi8(15), c8 = _mm_set1_epi8(8), ones = _mm_set1_epi16(1);
+    __m128 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    tile_zero(acc, R, T);
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m128 sx[DL_DOTR_TOKENS];
+        __m128i s8[DL_DOTR_TOKENS][4]; /* 8 * (sum of each pair of x's values), int16 */
+        for (int t = 0; t < T; t++) {
+            const block_q8_0 *xt = x + t * nb + b;
+            sx[t] = scales4((const uint8_t *)xt, 34);
+            for (int j = 0; j < 4; j++)
+                s8[t][j] = _mm_add_epi16(_mm_maddubs_epi16(c8, load128(xt[j].q)), _mm_maddubs_epi16(c8, load128(xt[j].q + 16)));
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride + b * 18;
+            const __m128 sw = scales4(wr, 18);
+            _mm_prefetch((const char *)wr + DL_AHEAD, _MM_HINT_T0);
+            _mm_prefetch((const char *)wr + DL_AHEAD + 64, _MM_HINT_T0);
+            __m128i d[DL_DOTR_TOKENS][4];
+            for (int j = 0; j < 4; j++) {
+                const __m128i q = load128(wr + j * 18 + 2);
+                const __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+                for (int t = 0; t < T; t++) {
+                    const block_q8_0 *xb = x + t * nb + b + j;
+                    /* sum of 4 products (nibble - 8) * x: |.| <= 4096, exact in int16 (the adds wrap) */
+                    d[t][j] = _mm_sub_epi16(_mm_add_epi16(_mm_maddubs_epi16(lo, load128(xb->q)), _mm_maddubs_epi16(hi, load128(xb->q + 16))),
+                                            s8[t][j]);
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                /* two pairwise adds: 16 products per int16 (|.| <= 16384), then the block's two halves */
+                const __m128i v = _mm_madd_epi16(_mm_hadd_epi16(_mm_hadd_epi16(d[t][0], d[t][1]), _mm_hadd_epi16(d[t][2], d[t][3])), ones);
+                acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(v)));
+            }
+        }
+    }
+    tile_sums(s, acc, R, T);
+    if (b < nb)
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < R; r++) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * stride) + b, x + t * nb + b, nb - b);
+}
+
+static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
+                                                            const block_q8_0 *x, const int T, int64_t nb) {
+    const __m128i ones = _mm_set1_epi16(1);
+    __m128 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    tile_zero(acc, R, T);
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m128 sx[DL_DOTR_TOKENS];
+        for (int t = 0; t < T; t++) sx[t] = scales4((const uint8_t *)(x + t * nb + b), 34);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride + b * 34;
+            const __m128 sw = scales4(wr, 34);
+            for (int o = 0; o < 4 * 34; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
+            __m128i d[DL_DOTR_TOKENS][4];
+            for (int j = 0; j < 4; j++) {
+                const __m128i ql = load128(wr + j * 34 + 2), qh = load128(wr + j * 34 + 18);
+                const __m128i al = _mm_abs_epi8(ql), ah = _mm_abs_epi8(qh);
+                for (int t = 0; t < T; t++) {
+                    const block_q8_0 *xb = x + t * nb + b + j;
+                    /* |w| * (x * sign(w)): two products per int16 (|.| <= 32512), then int32 */
+                    const __m128i pl = _mm_maddubs_epi16(al, _mm_sign_epi8(load128(xb->q), ql));
+                    const __m128i ph = _mm_maddubs_epi16(ah, _mm_sign_epi8(load128(xb->q + 16), qh));
+                    d[t][j] = _mm_add_epi32(_mm_madd_epi16(pl, ones), _mm_madd_epi16(ph, ones));
+                }
+            }
+            for (int t = 0; t < T; t++) {
+                const __m128i v = _mm_hadd_epi32(_mm_hadd_epi32(d[t][0], d[t][1]), _mm_hadd_epi32(d[t][2], d[t][3]));
+                acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(v)));
+            }
+        }
+    }
+    tile_sums(s, acc, R, T);
+    if (b < nb)
+        for (int t = 0; t < T; t++)
+            for (int r = 0; r < R; r++) s[t * R + r] += dot_q8_0_ref((const block_q8_0 *)(w + r * stride) + b, x + t * nb + b, nb - b);
 }
 
 #endif

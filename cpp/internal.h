@@ -116,6 +116,7 @@ static inline uint16_t dl_f2bf(float f) {
 extern const dl_kernels dl_kernels_scalar;
 #if defined(__x86_64__)
 extern const dl_kernels dl_kernels_x86_64;
+extern const dl_kernels dl_kernels_ssse3;
 extern const dl_kernels dl_kernels_avx2;
 extern const dl_kernels dl_kernels_avx512;
 #elif defined(__aarch64__)

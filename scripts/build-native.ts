@@ -20,6 +20,7 @@ const VARIANTS: Record<Arch, [string, string[]][]> = {
   x86_64: [
     ["scalar", ["-DDL_SCALAR", "<novec>"]],
     ["x86_64", []],
+    ["ssse3", ["-msse3", "-mssse3", "-msse4.1", "-msse4.2", "-mpopcnt"]],
     ["avx2", ["-mavx2", "-mfma", "-mf16c"]],
     ["avx512", ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]],
   ],

@@ -29,7 +29,7 @@ test.skipIf(!Bun.which("cc") || !!process.env.DAIRLLM_LIB)("without zig, the C c
       console.log(info.variants.length, Array.from(out).join(","));
       k.close();`;
     const run = Bun.spawnSync([...EXEC, process.execPath, "-e", script], { cwd: ROOT, env: { ...process.env, DAIRLLM_LIB: lib } });
-    expect(run.stdout.toString().trim()).toBe(`${process.arch === "x64" ? 4 : 3} 6,15`);
+    expect(run.stdout.toString().trim()).toBe(`${process.arch === "x64" ? 5 : 3} 6,15`);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
