@@ -185,11 +185,11 @@ describe("refusals and failures", () => {
         return b;
       };
       await send(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-      await send(header(2, 1, 0));
-      await send(header(1, 7, 0x7fffffff));
+      await send(header(1, 1, 0)); // a root of protocol version 1
+      await send(header(2, 7, 0x7fffffff));
       await Bun.sleep(100);
       expect(w!.log()).toMatch(/bad frame: .*magic/);
-      expect(w!.log()).toContain("peer speaks protocol version 2, this node speaks 1");
+      expect(w!.log()).toContain("peer speaks protocol version 1, this node speaks 2");
       expect(w!.log()).toMatch(/above the limit/);
       expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
     } finally {

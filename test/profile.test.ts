@@ -119,12 +119,13 @@ describe("profile command", () => {
       expect(row(n, "network_wait").msPerToken).toBeGreaterThan(0);
       expect(n.groups.network).toBeGreaterThan(0);
     }
-    // only the root samples; each worker computes its share of the logits (SESSION_LOGITS) and sees
-    // its 12 Forward frames and 1 Logits frame per token
+    // only the root samples; each worker computes its share of the logits (SESSION_LOGITS) from its
+    // own copy of the residual stream, which the root's 12 Partial frames (sums) per token keep equal
     for (const w of report.perNode.slice(1)) {
       expect(row(w, "logits").callsPerToken).toBe(1);
       expect(row(w, "sampling").callsPerToken).toBe(0);
-      expect(row(w, "wire_decompress").callsPerToken).toBe(13);
+      expect(row(w, "wire_decompress").callsPerToken).toBe(12);
+      expect(row(w, "rms_norm").callsPerToken).toBe(13);
       // a worker's window is the root's, give or take a round trip
       expect(Math.abs(w.wallMsPerToken - report.decode.msPerToken) / report.decode.msPerToken).toBeLessThan(0.05);
     }

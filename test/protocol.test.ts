@@ -28,6 +28,7 @@ import {
   pickWireType,
   PROTOCOL_VERSION,
   ProtocolError,
+  SESSION_EXCHANGE,
   SESSION_LOGITS,
   SESSION_PROFILE,
   writeActivationFrame,
@@ -84,7 +85,7 @@ function rawHeader(f: { magic?: number; version?: number; type?: number; flags?:
   const b = new Uint8Array(24);
   const v = new DataView(b.buffer);
   v.setUint32(0, f.magic ?? 0x4d4c4c44, true);
-  v.setUint16(4, f.version ?? 1, true);
+  v.setUint16(4, f.version ?? PROTOCOL_VERSION, true);
   v.setUint16(6, f.type ?? 13, true);
   v.setUint16(8, f.flags ?? 0, true);
   v.setUint16(10, f.reserved ?? 0, true);
@@ -128,11 +129,11 @@ interface Golden {
 const GOLDEN: Golden[] = [
   {
     name: "Hello",
-    msg: { type: MessageType.Hello, version: 1, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.Hello, version: 2, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 1 },
     bytes: `
-      44 4c 4c 4d  01 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
-      01 00                                   # version 1
+      44 4c 4c 4d  02 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
+      02 00                                   # version 2
       07 00 00 00                             # capabilities q8_0 | f16 | f32
       02 00 00 00  77 31                      # name "w1"
       06 00 00 00  6d 2e 67 67 75 66          # path "m.gguf"
@@ -141,11 +142,11 @@ const GOLDEN: Golden[] = [
   },
   {
     name: "HelloAck",
-    msg: { type: MessageType.HelloAck, version: 1, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 2, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  01 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      01 00  05 00 00 00                      # version 1, capabilities q8_0 | f32
+      44 4c 4c 4d  02 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      02 00  05 00 00 00                      # version 2, capabilities q8_0 | f32
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
@@ -163,7 +164,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  01 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
+      44 4c 4c 4d  02 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
       a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af   # nonce
       02 00 00 00                                       # 2 ranges
       00 00 00 00 01 00 00 00  00 10 00 00              # offset 2^32, length 4096
@@ -174,7 +175,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.ChallengeResponse, digest: hex("ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00") },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  01 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
+      44 4c 4c 4d  02 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
       ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00`,
   },
   {
@@ -189,7 +190,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  01 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
+      44 4c 4c 4d  02 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
       02 00 00 00  02 00 00 00  03 00 00 00             # layers [2, 3]
       02 00 00 00                                       # 2 offset entries
       05 00 00 00  00 10 00 00 00 00 00 00              # tensor 5 at 0x1000
@@ -200,15 +201,15 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.PlanAck, layers: [2, 3] },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  01 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
+      44 4c 4c 4d  02 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
       02 00 00 00  02 00 00 00  03 00 00 00`,
   },
   {
-    name: "Forward (F32)",
-    msg: { type: MessageType.Forward, tensor: { shape: [1, 2], type: GGMLType.F32, data: hex("00 00 80 3f  00 00 00 c0") } },
+    name: "Partial (F32)",
+    msg: { type: MessageType.Partial, tensor: { shape: [1, 2], type: GGMLType.F32, data: hex("00 00 80 3f  00 00 00 c0") } },
     head: { seq: 5, layer: 2 },
     bytes: `
-      44 4c 4c 4d  01 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
+      44 4c 4c 4d  02 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
       02  01 00 00 00  02 00 00 00  00 00 00 00         # 2 dims: 1 x 2, F32
       00 00 80 3f  00 00 00 c0                          # 1.0, -2.0`,
   },
@@ -217,7 +218,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Result, tensor: { shape: [2], type: GGMLType.F16, data: hex("00 3c  00 c0") } },
     head: { seq: 5, layer: 3, flags: FLAG_LAST_OF_STEP },
     bytes: `
-      44 4c 4c 4d  01 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
+      44 4c 4c 4d  02 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
       01  02 00 00 00  01 00 00 00                      # 1 dim: 2, F16
       00 3c  00 c0                                      # 1.0, -2.0`,
   },
@@ -226,7 +227,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Logits, tensor: { shape: [3], type: GGMLType.F32, data: hex("00 00 00 00  00 00 00 3f  00 00 80 bf") } },
     head: { seq: 6 },
     bytes: `
-      44 4c 4c 4d  01 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
+      44 4c 4c 4d  02 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
       01  03 00 00 00  00 00 00 00
       00 00 00 00  00 00 00 3f  00 00 80 bf             # 0, 0.5, -1`,
   },
@@ -241,7 +242,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 7 },
     bytes: `
-      44 4c 4c 4d  01 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
+      44 4c 4c 4d  02 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
       02 00 00 00
       28 00 00 00  00 2f 68 59 00 00 00 00
       00 00 01 00  05 00 00 00 01 00 00 00`,
@@ -251,46 +252,57 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Error, code: ErrorCode.ModelMismatch, message: "bad md5" },
     head: { seq: 8 },
     bytes: `
-      44 4c 4c 4d  01 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
+      44 4c 4c 4d  02 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
       03 00 00 00                                       # code 3
       07 00 00 00  62 61 64 20 6d 64 35                 # "bad md5"`,
   },
   {
     name: "HelloAck (a worker that computes its share of the logits)",
-    msg: { type: MessageType.HelloAck, version: 1, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 2, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  01 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      01 00  17 00 00 00                      # version 1, capabilities q8_0 | f16 | f32 | logits (bit 4)
+      44 4c 4c 4d  02 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      02 00  17 00 00 00                      # version 2, capabilities q8_0 | f16 | f32 | logits (bit 4)
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
       00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f`,
   },
   {
-    name: "Session (profile, logits)",
-    msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 3 },
+    name: "Session (profile, logits, exchange)",
+    msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 7 },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  01 00  10 00  00 00  00 00  03 00 00 00  18 00 00 00  ff ff ff ff   # type 16, length 24
+      44 4c 4c 4d  02 00  10 00  00 00  00 00  03 00 00 00  18 00 00 00  ff ff ff ff   # type 16, length 24
       01 00 00 00  02 00 00 00                # node 1 of 2
       08 00 00 00                             # wire Q8_0
       00 08 00 00                             # n_ctx 2048
       01 00 00 00                             # KV cache F16
-      03 00 00 00                             # flags: SESSION_PROFILE | SESSION_LOGITS`,
+      07 00 00 00                             # flags: SESSION_PROFILE | SESSION_LOGITS | SESSION_EXCHANGE`,
+  },
+  {
+    name: "Step (3 tokens, logits of the last)",
+    msg: { type: MessageType.Step, pos: 7, logits: 1, tokens: Uint32Array.of(1, 0x1234, 31999) },
+    head: { seq: 10 },
+    bytes: `
+      44 4c 4c 4d  02 00  0f 00  00 00  00 00  0a 00 00 00  18 00 00 00  ff ff ff ff   # type 15, length 24
+      07 00 00 00                             # first position 7
+      01 00 00 00                             # logits of the last token
+      03 00 00 00                             # 3 tokens:
+      01 00 00 00  34 12 00 00  ff 7c 00 00    # 1, 0x1234, 31999`,
   },
   {
     name: "Bye",
     msg: { type: MessageType.Bye },
     head: { seq: 9 },
-    bytes: `44 4c 4c 4d  01 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
+    bytes: `44 4c 4c 4d  02 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
   },
   {
     name: "Ping",
     msg: { type: MessageType.Ping, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  01 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  02 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
   {
@@ -298,7 +310,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Pong, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  01 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  02 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
 ];
@@ -307,7 +319,7 @@ describe("golden bytes", () => {
   test("header constants", () => {
     expect(HEADER_SIZE).toBe(4 + 2 + 2 + 2 + 2 + 4 + 4 + 4);
     expect(Array.from(new Uint8Array(Uint32Array.of(MAGIC).buffer))).toEqual([..."DLLM"].map((c) => c.charCodeAt(0)));
-    expect(PROTOCOL_VERSION).toBe(1);
+    expect(PROTOCOL_VERSION).toBe(2);
     expect(NO_LAYER).toBe(0xffffffff);
     expect(DEFAULT_MAX_PAYLOAD).toBe(64 * 1024 * 1024);
   });
@@ -315,12 +327,12 @@ describe("golden bytes", () => {
   test("capability and session flag values", () => {
     expect([Capability.Q8_0, Capability.F16, Capability.F32, Capability.FullMd5, Capability.Logits]).toEqual([1, 2, 4, 8, 16]);
     expect(ALL_CAPABILITIES & Capability.Logits).toBe(0); // negotiated by a worker, not implied
-    expect([SESSION_PROFILE, SESSION_LOGITS]).toEqual([1, 2]);
+    expect([SESSION_PROFILE, SESSION_LOGITS, SESSION_EXCHANGE]).toEqual([1, 2, 4]);
   });
 
   test("every message type has a golden vector", () => {
     const types = new Set(GOLDEN.map((g) => g.msg.type));
-    for (let t = MessageType.Hello; t <= MessageType.Pong; t++) expect(types.has(t)).toBe(true);
+    for (let t = MessageType.Hello; t <= MessageType.Session; t++) expect(types.has(t)).toBe(true);
   });
 
   const w = new Writer({ initialSize: 16 }); // one writer for all, growing from 16 bytes
@@ -338,27 +350,27 @@ describe("golden bytes", () => {
     });
   }
 
-  test("Forward Q8_0 from floats: round half to even, fp16 scale", () => {
+  test("Partial Q8_0 from floats: round half to even, fp16 scale", () => {
     // amax 127 -> d = 1.0 (fp16 3c00), id = 1: q = rint(x); 0.5 -> 0, 1.5 -> 2, -2.5 -> -2
     const x = new Float32Array(32);
     x.set([127, -127, 0.5, 1.5, -2.5, 3]);
     const want = hex(`
-      44 4c 4c 4d  01 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
+      44 4c 4c 4d  02 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
       02  01 00 00 00  20 00 00 00  08 00 00 00         # 1 x 32, Q8_0
       00 3c                                             # d = 1.0
       7f 81 00 02 fe 03 00 00  00 00 00 00 00 00 00 00  # 127 -127 0 2 -2 3 0...
       00 00 00 00 00 00 00 00  00 00 00 00 00 00 00 00`);
-    const info = writeActivationFrame(w, kernels, MessageType.Forward, { seq: 10, layer: 4 }, x, [1, 32], GGMLType.Q8_0);
+    const info = writeActivationFrame(w, kernels, MessageType.Partial, { seq: 10, layer: 4 }, x, [1, 32], GGMLType.Q8_0);
     expect(toHex(w.flush())).toBe(toHex(want));
     expect(info).toEqual({ type: GGMLType.Q8_0, requested: GGMLType.Q8_0, fellBack: false, metaBytes: 13, dataBytes: 34, payloadBytes: 47, frameBytes: 71 });
   });
 
   test("Q8_0 with cols not a multiple of 32 falls back to F16 and says so", () => {
     const want = hex(`
-      44 4c 4c 4d  01 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
+      44 4c 4c 4d  02 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
       02  01 00 00 00  03 00 00 00  01 00 00 00         # 1 x 3, F16
       00 3c  00 c0  00 38                               # 1, -2, 0.5`);
-    const info = writeActivationFrame(w, kernels, MessageType.Forward, { seq: 11, layer: 0 }, Float32Array.of(1, -2, 0.5), [1, 3], GGMLType.Q8_0);
+    const info = writeActivationFrame(w, kernels, MessageType.Partial, { seq: 11, layer: 0 }, Float32Array.of(1, -2, 0.5), [1, 3], GGMLType.Q8_0);
     expect(toHex(w.flush())).toBe(toHex(want));
     expect(info.type).toBe(GGMLType.F16);
     expect(info.requested).toBe(GGMLType.Q8_0);
@@ -403,7 +415,7 @@ describe("round trips", () => {
       if (pick === 0) {
         m = {
           type: MessageType.Hello,
-          version: 1,
+          version: 2,
           capabilities: int(8),
           name: `wörker-${int(1000)}-☃`,
           model: { path: "/models/" + "x".repeat(int(200)) + ".gguf", size: u64(), sampleMd5: Uint8Array.from({ length: 16 }, () => int(256)) },
@@ -497,7 +509,7 @@ describe("Framer streaming", () => {
   // Every golden frame, plus bigger activation frames, in one stream.
   const w = new Writer();
   for (const g of GOLDEN) writeMessage(w, g.msg, g.head);
-  writeActivationFrame(w, kernels, MessageType.Forward, { seq: 20, layer: 1 }, standardNormal(3 * 64, 1), [3, 64], GGMLType.Q8_0);
+  writeActivationFrame(w, kernels, MessageType.Partial, { seq: 20, layer: 1 }, standardNormal(3 * 64, 1), [3, 64], GGMLType.Q8_0);
   writeActivationFrame(w, kernels, MessageType.Result, { seq: 20, layer: 2, flags: FLAG_LAST_OF_STEP }, standardNormal(50, 2), [2, 25], GGMLType.Q8_0);
   writeActivationFrame(w, kernels, MessageType.Logits, { seq: 21 }, standardNormal(100, 3), [100], GGMLType.F32);
   writeMessage(w, { type: MessageType.Bye }, { seq: 22 }); // empty payload last
@@ -581,12 +593,14 @@ describe("ProtocolError on bad frames", () => {
   });
 
   test("wrong version, refused by name as soon as the version bytes arrive", () => {
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 2 }).subarray(0, 6)), "version", "peer speaks protocol version 2, this node speaks 1");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 1");
+    // version 1 (before the residual stream lived on every node) is refused like any other
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 1 }).subarray(0, 6)), "version", "peer speaks protocol version 1, this node speaks 2");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 3 }).subarray(0, 6)), "version", "peer speaks protocol version 3, this node speaks 2");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 2");
     // and in a Hello payload
     const hello = hex(GOLDEN[0]!.bytes).subarray(24).slice();
-    hello[0] = 2;
-    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 2, this node speaks 1");
+    hello[0] = 1;
+    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 1, this node speaks 2");
   });
 
   test("nonzero reserved, reserved flag bits, unknown type", () => {
@@ -598,7 +612,7 @@ describe("ProtocolError on bad frames", () => {
 
   test("oversized payload refused from the header alone, before buffering", () => {
     const f = new Framer();
-    expectProtocolError(() => f.push(rawHeader({ type: MessageType.Forward, length: DEFAULT_MAX_PAYLOAD + 1 })), "length", "Forward payload length 67108865 is above the limit of 67108864 bytes");
+    expectProtocolError(() => f.push(rawHeader({ type: MessageType.Partial, length: DEFAULT_MAX_PAYLOAD + 1 })), "length", "Partial payload length 67108865 is above the limit of 67108864 bytes");
     expectProtocolError(() => new Framer().push(rawHeader({ length: 0xffffffff })), "length", /length 4294967295 is above the limit/);
     const small = new Framer({ maxPayload: 100 });
     expectProtocolError(() => small.push(rawHeader({ length: 101 })), "length", "Ping payload length 101 is above the limit of 100 bytes");
@@ -676,22 +690,28 @@ describe("bounds checks against lying counts", () => {
     expectProtocolError(() => decodePayload(MessageType.Plan, hex("02 00 00 00  05 00 00 00  00 00 00 00")), "Plan.offsets.count", "Plan: offsets.count needs 4 bytes at offset 12, only 0 of 12 remain (truncated payload)");
     expectProtocolError(() => decodePayload(MessageType.Plan, hex("03 00 00 00  05 00 00 00  00 00 00 00")), "Plan.layers.count", "Plan: layers count 3 needs 12 bytes, only 8 remain");
     expectProtocolError(() => decodePayload(MessageType.Stats, hex("02 00 00 00  01 00 00 00  00 00 00 00 00 00 00 00")), "Stats.stats.count", "Stats: stats count 2 needs 24 bytes, only 12 remain");
+    const S = MessageType.Step;
+    expectProtocolError(() => decodePayload(S, hex("00 00 00 00  00 00 00 00  00 00 00 00")), "Step.tokens", "Step: no tokens");
+    expectProtocolError(() => decodePayload(S, hex("00 00 00 00  02 00 00 00  01 00 00 00  05 00 00 00")), "Step.logits", "Step: logits of 2 tokens, the step has 1");
+    expectProtocolError(() => decodePayload(S, hex("00 00 00 00  01 00 00 00  ff ff ff ff  05 00 00 00")), "Step.tokens.count", /tokens count 4294967295 needs 17179869180 bytes, only 4 remain/);
+    expectProtocolError(() => decodePayload(S, hex("00 00 00 00  01 00 00 00  01 00 00 00  05 00 00 00  06")), "Step.length", /1 trailing bytes/);
+    expect(() => writeMessage(new Writer(), { type: S, pos: 0, logits: 2, tokens: Uint32Array.of(1) }, { seq: 1 })).toThrow("Step: 1 tokens, logits of 2");
     expectProtocolError(() => decodePayload(MessageType.Challenge, concat([new Uint8Array(16), hex("09 00 00 00")])), "Challenge.ranges.count", "Challenge: ranges count 9 needs 108 bytes, only 0 remain");
   });
 
   test("tensor metadata", () => {
-    const F = MessageType.Forward;
-    expectProtocolError(() => decodePayload(F, hex("05  01 00 00 00 01 00 00 00 01 00 00 00 01 00 00 00 01 00 00 00  00 00 00 00")), "Forward.tensor.n_dims", "Forward: tensor n_dims 5, expected 1..4");
-    expectProtocolError(() => decodePayload(F, hex("00  00 00 00 00")), "Forward.tensor.n_dims", "Forward: tensor n_dims 0, expected 1..4");
-    expectProtocolError(() => decodePayload(F, hex("01  00 00 00 00  00 00 00 00")), "Forward.tensor.dims[0]", "Forward: tensor dims[0] is 0");
-    expectProtocolError(() => decodePayload(F, hex("01  01 00 00 00  02 00 00 00  00 00")), "Forward.tensor.type", "Forward: tensor wire type 2 is not 0 (F32), 1 (F16) or 8 (Q8_0)");
-    expectProtocolError(() => decodePayload(F, hex("01  10 00 00 00  08 00 00 00")), "Forward.tensor.dims", "Forward: Q8_0 tensor [16]: the last dim is not a multiple of 32");
+    const F = MessageType.Partial;
+    expectProtocolError(() => decodePayload(F, hex("05  01 00 00 00 01 00 00 00 01 00 00 00 01 00 00 00 01 00 00 00  00 00 00 00")), "Partial.tensor.n_dims", "Partial: tensor n_dims 5, expected 1..4");
+    expectProtocolError(() => decodePayload(F, hex("00  00 00 00 00")), "Partial.tensor.n_dims", "Partial: tensor n_dims 0, expected 1..4");
+    expectProtocolError(() => decodePayload(F, hex("01  00 00 00 00  00 00 00 00")), "Partial.tensor.dims[0]", "Partial: tensor dims[0] is 0");
+    expectProtocolError(() => decodePayload(F, hex("01  01 00 00 00  02 00 00 00  00 00")), "Partial.tensor.type", "Partial: tensor wire type 2 is not 0 (F32), 1 (F16) or 8 (Q8_0)");
+    expectProtocolError(() => decodePayload(F, hex("01  10 00 00 00  08 00 00 00")), "Partial.tensor.dims", "Partial: Q8_0 tensor [16]: the last dim is not a multiple of 32");
     // 1 x 2 F32 claims 8 bytes of data, 4 present; and one byte too many
-    expectProtocolError(() => decodePayload(F, hex("02  01 00 00 00 02 00 00 00  00 00 00 00  00 00 80 3f")), "Forward.tensor.data", "Forward: F32 tensor [1, 2] is 8 bytes of data, the payload has 4 after the metadata");
-    expectProtocolError(() => decodePayload(F, hex("01  01 00 00 00  00 00 00 00  00 00 80 3f 00")), "Forward.tensor.data", /is 4 bytes of data, the payload has 5/);
+    expectProtocolError(() => decodePayload(F, hex("02  01 00 00 00 02 00 00 00  00 00 00 00  00 00 80 3f")), "Partial.tensor.data", "Partial: F32 tensor [1, 2] is 8 bytes of data, the payload has 4 after the metadata");
+    expectProtocolError(() => decodePayload(F, hex("01  01 00 00 00  00 00 00 00  00 00 80 3f 00")), "Partial.tensor.data", /is 4 bytes of data, the payload has 5/);
     // dims whose product is far beyond any payload
-    expectProtocolError(() => decodePayload(F, hex("04  ff ff ff ff ff ff ff ff ff ff ff ff 00 ff ff ff  08 00 00 00")), "Forward.tensor.data", /Q8_0 tensor \[4294967295, 4294967295, 4294967295, 4294967040\] is .* bytes of data, the payload has 0/);
-    expectProtocolError(() => decodePayload(F, hex("02  01 00 00")), "Forward.tensor.dims[0]", /truncated payload/);
+    expectProtocolError(() => decodePayload(F, hex("04  ff ff ff ff ff ff ff ff ff ff ff ff 00 ff ff ff  08 00 00 00")), "Partial.tensor.data", /Q8_0 tensor \[4294967295, 4294967295, 4294967295, 4294967040\] is .* bytes of data, the payload has 0/);
+    expectProtocolError(() => decodePayload(F, hex("02  01 00 00")), "Partial.tensor.dims[0]", /truncated payload/);
   });
 });
 
@@ -713,13 +733,13 @@ describe("activation codec sizes", () => {
       const x = standardNormal(n, n);
       const f32 = activationSizes(shape, GGMLType.F32);
       for (const type of [GGMLType.F32, GGMLType.F16, GGMLType.Q8_0] as const) {
-        const info = writeActivationFrame(w, kernels, MessageType.Forward, { seq: 1, layer: 0 }, x, shape, type);
+        const info = writeActivationFrame(w, kernels, MessageType.Partial, { seq: 1, layer: 0 }, x, shape, type);
         const bytes = w.flush();
         expect(bytes.length).toBe(info.frameBytes);
         expect(info).toMatchObject(activationSizes(shape, type));
         const [f] = new Framer().push(bytes);
         const m = decodeMessage(f!);
-        if (m.type !== MessageType.Forward) throw new Error("not a Forward");
+        if (m.type !== MessageType.Partial) throw new Error("not a Partial");
         const y = decodeActivation(kernels, m.tensor);
         let se = 0;
         for (let i = 0; i < n; i++) se += (y[i]! - x[i]!) ** 2;
@@ -746,7 +766,7 @@ describe("activation codec sizes", () => {
 // ---- binary vs JSON -----------------------------------------------------------------------------
 
 describe("binary vs JSON for the same control messages", () => {
-  test("Plan with a layer list and ~50 offsets, Hello, Forward metadata", () => {
+  test("Plan with a layer list and ~50 offsets, Hello, Partial metadata", () => {
     const w = new Writer();
     const te = new TextEncoder();
     // A worker serving layers 20..25 of a ~40 GB file, 9 tensors per layer = 54 offset entries.
@@ -773,7 +793,7 @@ describe("binary vs JSON for the same control messages", () => {
     ).length;
 
     const forwardBin = HEADER_SIZE + activationSizes([1, 4096], GGMLType.Q8_0).metaBytes;
-    const forwardJson = te.encode(JSON.stringify({ type: "Forward", version: 1, seq: 5, layer: 20, last: false, shape: [1, 4096], dtype: "q8_0" })).length;
+    const forwardJson = te.encode(JSON.stringify({ type: "Partial", version: 2, seq: 5, layer: 20, last: false, shape: [1, 4096], dtype: "q8_0" })).length;
     const base64Data = Math.ceil(4352 / 3) * 4;
 
     console.log(
@@ -784,7 +804,7 @@ describe("binary vs JSON for the same control messages", () => {
         `    JSON objects, u64 as strings       ${planJsonU64Strings} (${(planJsonU64Strings / planBin).toFixed(2)}x)`,
         `    JSON [tensor, offset] tuples       ${planJsonTuples} (${(planJsonTuples / planBin).toFixed(2)}x)`,
         `  Hello                        binary ${helloBin}  JSON ${helloJson} (${(helloJson / helloBin).toFixed(2)}x)`,
-        `  Forward metadata (1, 4096)   binary ${forwardBin}  JSON ${forwardJson} (${(forwardJson / forwardBin).toFixed(2)}x); its Q8_0 data: 4352 bytes raw, ${base64Data} as base64 in JSON`,
+        `  Partial metadata (1, 4096)   binary ${forwardBin}  JSON ${forwardJson} (${(forwardJson / forwardBin).toFixed(2)}x); its Q8_0 data: 4352 bytes raw, ${base64Data} as base64 in JSON`,
       ].join("\n"),
     );
     expect(planBin).toBe(24 + 4 + 4 * 6 + 4 + 12 * 54);

@@ -82,3 +82,14 @@ export function splitVocab(vocabSize: number, nodes: number): Range[] {
 export function wholeModel(c: ModelConfig): Slice {
   return partition(c, 1)[0]!;
 }
+
+/**
+ * How a cluster's reductions travel (protocol.ts SESSION_EXCHANGE). Every node keeps its own copy of
+ * the residual stream. Two nodes swap their partial outputs, each sending its own as soon as it is
+ * computed: a reduction then costs one crossing of the network. With more nodes the workers send
+ * theirs to the root, which sends back the sum: two crossings, as the workers hold no connections to
+ * each other.
+ */
+export function exchangesPartials(nodes: number): boolean {
+  return nodes === 2;
+}

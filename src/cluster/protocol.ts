@@ -10,17 +10,20 @@
 //   ChallengeResponse    16 digest                                        = 16
 //   Plan                 layer list, offset index                         = 8 + 4 layers + 12 entries
 //   PlanAck              layer list (the layers the worker now serves)    = 4 + 4n
-//   Forward, Result,     tensor metadata, data in the wire type          = 5 + 4 dims + data
-//   Logits               (Logits: root to worker the final hidden state, worker to root its rows of
-//                        the logits; only in a session with SESSION_LOGITS)
+//   Partial, Result,     tensor metadata, data in the wire type          = 5 + 4 dims + data
+//   Logits               (Partial: root to worker, what completes the worker's reduction, see
+//                        SESSION_EXCHANGE; Result: worker to root, its partial output; Logits:
+//                        worker to root, its rows of the logits, only with SESSION_LOGITS)
 //   Stats                u32 n, n x (u32 StatId, u64 value)               = 4 + 12n
 //                        (root to worker with n = 0: a request; the StatId scheme is in
 //                        src/profile/profiler.ts)
 //   Error                u32 ErrorCode, str message (<= 4096)            = 8 + message bytes
 //   Bye                  (empty)
 //   Ping, Pong           u64 sender clock in ns (Pong echoes Ping's)     = 8
-//   Step                 u32 first position, u32 token count: the positions of the Forward frames
-//                        that follow (a step is one forward pass over a batch of tokens) = 8
+//   Step                 u32 first position, u32 logits (how many last tokens' logits the worker
+//                        computes its rows of: 0, 1 or n), u32 n, n x u32 token id: one forward pass
+//                        over a batch of n tokens, which every node runs on its own copy of the
+//                        residual stream                                 = 12 + 4n
 //   Session              u32 node index, u32 node count, u32 wire type, u32 context size,
 //                        u32 KV cache type (GGML id), u32 flags (SESSION_*)               = 24
 //
@@ -40,14 +43,14 @@ import { GGMLType, type Kernels } from "../native/types";
 
 /** "DLLM" read as a little-endian u32 (bytes 44 4c 4c 4d). */
 export const MAGIC = 0x4d4c4c44;
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const HEADER_SIZE = 24;
 /** The header's layer field when the message is not about a layer. */
 export const NO_LAYER = 0xffffffff;
 export const MAX_U32 = 0xffffffff;
 /** Header flag bit 0: the last frame of a step. The other bits are reserved and must be 0. */
 export const FLAG_LAST_OF_STEP = 0x0001;
-/** Header flag bit 1 on Forward / Result: the feed-forward half of the layer (else attention). */
+/** Header flag bit 1 on Partial / Result: the feed-forward half of the layer (else attention). */
 export const FLAG_FEED_FORWARD = 0x0002;
 /** Header flag bit 2 on a Stats request (a Stats with no entries, root to worker): the worker answers
  *  with its counters and then zeroes them. */
@@ -57,11 +60,15 @@ export const FLAGS_KNOWN = FLAG_LAST_OF_STEP | FLAG_FEED_FORWARD | FLAG_STATS_RE
 export const SESSION_PROFILE = 0x0001;
 /** Session flag bit 1 (only to a worker whose HelloAck has Capability.Logits): the worker computes its
  *  share of the logits (partition.ts splitVocab). The Plan's offset index then ends with one more
- *  entry, the first of those rows of the output tensor; per forward step the root may send a Logits
- *  message (tensor [n, dim]: the final normalised hidden state of the step's last n tokens, in the
- *  output projection's activation type when that is a wire type, so the worker computes what the
- *  root would) and the worker answers with a Logits message (tensor [n, rows], F32). */
+ *  entry, the first of those rows of the output tensor. When a Step asks for logits, the worker
+ *  computes its rows from its own copy of the final hidden state (the same as the root's to the bit)
+ *  and sends them in a Logits message (tensor [logits, rows], F32). */
 export const SESSION_LOGITS = 0x0002;
+/** Session flag bit 2: the reductions are exchanges (two nodes): the root's Partial is its own partial
+ *  output, and each node adds the two. Without it the root sums the workers' Results and its own and
+ *  sends the sum back as the Partial. Either way every node adds the same values in the same order,
+ *  so the residual stream is the same to the bit on every node (partition.ts exchangesPartials). */
+export const SESSION_EXCHANGE = 0x0004;
 /** Default largest payload a Framer accepts (and a Writer builds). */
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Largest node name / model path in a Hello, and Error message (bytes of UTF-8). */
@@ -93,9 +100,9 @@ export const enum MessageType {
   ChallengeResponse = 4,
   Plan = 5,
   PlanAck = 6,
-  /** activations for a worker to compute */
-  Forward = 7,
-  /** activations back */
+  /** root to worker: the root's partial output of a block, or the sum over all nodes */
+  Partial = 7,
+  /** worker to root: its partial output of a block */
   Result = 8,
   Logits = 9,
   Stats = 10,
@@ -111,7 +118,7 @@ export const enum MessageType {
 
 const MESSAGE_TYPE_NAMES = [
   "?", "Hello", "HelloAck", "Challenge", "ChallengeResponse", "Plan", "PlanAck",
-  "Forward", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session",
+  "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session",
 ];
 
 export function isMessageType(t: number): t is MessageType {
@@ -227,7 +234,7 @@ export type Message =
   | { type: MessageType.ChallengeResponse; digest: Uint8Array }
   | { type: MessageType.Plan; layers: number[]; offsets: OffsetEntry[] }
   | { type: MessageType.PlanAck; layers: number[] }
-  | { type: MessageType.Forward; tensor: WireTensor }
+  | { type: MessageType.Partial; tensor: WireTensor }
   | { type: MessageType.Result; tensor: WireTensor }
   | { type: MessageType.Logits; tensor: WireTensor }
   | { type: MessageType.Stats; stats: StatEntry[] }
@@ -235,7 +242,7 @@ export type Message =
   | { type: MessageType.Bye }
   | { type: MessageType.Ping; time: number }
   | { type: MessageType.Pong; time: number }
-  | { type: MessageType.Step; pos: number; nTokens: number }
+  | { type: MessageType.Step; pos: number; logits: number; tokens: Uint32Array }
   | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number };
 
 // ---- Reader -------------------------------------------------------------------------------------
@@ -537,11 +544,11 @@ export function writeActivation(w: Writer, kernels: Kernels, x: Float32Array, sh
   };
 }
 
-/** One whole activation frame (Forward, Result or Logits) from floats. */
+/** One whole activation frame (Partial, Result or Logits) from floats. */
 export function writeActivationFrame(
   w: Writer,
   kernels: Kernels,
-  type: MessageType.Forward | MessageType.Result | MessageType.Logits,
+  type: MessageType.Partial | MessageType.Result | MessageType.Logits,
   head: { seq: number; layer?: number; flags?: number },
   x: Float32Array,
   shape: readonly number[],
@@ -559,6 +566,26 @@ export function writeActivationFrame(
 }
 
 /** Floats back from a decoded tensor (into `out` when given). */
+let roundTripScratch = new Uint8Array(0);
+
+/**
+ * Replaces x (of `shape`) by what a node receiving it in `want` decodes: a node adds its own partial
+ * output in this form, so that it adds the same values as the nodes it sent it to. The bytes are the
+ * ones writeActivation puts on the wire (same conversion kernel, same effective type).
+ */
+export function roundTripActivation(kernels: Kernels, x: Float32Array, shape: readonly number[], want: WireType): void {
+  const n = checkShape(shape);
+  if (x.length < n) throw new RangeError(`activation: shape [${shape.join(", ")}] needs ${n} floats, got ${x.length}`);
+  const type = effectiveWireType(shape, want);
+  if (type === GGMLType.F32) return;
+  const bytes = wireDataBytes(type, n);
+  if (roundTripScratch.byteLength < bytes) roundTripScratch = new Uint8Array(Math.ceil(bytes / 4) * 4);
+  const buf = roundTripScratch.subarray(0, bytes);
+  if (type === GGMLType.Q8_0) kernels.quantizeQ8_0(buf, x, n);
+  else kernels.f32ToF16(new Uint16Array(buf.buffer, 0, n), x, n);
+  kernels.dequantize(x, buf, type, n);
+}
+
 export function decodeActivation(kernels: Kernels, t: WireTensor, out?: Float32Array): Float32Array {
   let n = 1;
   for (const d of t.shape) n *= d;
@@ -609,7 +636,7 @@ function writePayload(w: Writer, m: Message): void {
     case MessageType.PlanAck:
       writeLayerList(w, m.layers);
       break;
-    case MessageType.Forward:
+    case MessageType.Partial:
     case MessageType.Result:
     case MessageType.Logits: {
       const t = m.tensor;
@@ -639,7 +666,9 @@ function writePayload(w: Writer, m: Message): void {
       w.u64(m.time);
       break;
     case MessageType.Step:
-      w.u32(m.pos).u32(m.nTokens);
+      if (m.tokens.length < 1 || m.logits > m.tokens.length) throw new RangeError(`Step: ${m.tokens.length} tokens, logits of ${m.logits}`);
+      w.u32(m.pos).u32(m.logits).u32(m.tokens.length);
+      for (const t of m.tokens) w.u32(t);
       break;
     case MessageType.Session:
       w.u32(m.node).u32(m.nodes).u32(m.wire).u32(m.nCtx).u32(m.kvType).u32(m.flags);
@@ -702,7 +731,7 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
     case MessageType.PlanAck:
       m = { type, layers: readLayerList(r) };
       break;
-    case MessageType.Forward:
+    case MessageType.Partial:
     case MessageType.Result:
     case MessageType.Logits:
       m = { type, tensor: readTensor(r) };
@@ -727,7 +756,12 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
       m = { type, time: r.u64("time") };
       break;
     case MessageType.Step:
-      m = { type, pos: r.u32("pos"), nTokens: r.u32("n_tokens") };
+      const pos = r.u32("pos"), logits = r.u32("logits"), n = r.count("tokens", 4);
+      if (n < 1) throw new ProtocolError("Step.tokens", "Step: no tokens");
+      if (logits > n) throw new ProtocolError("Step.logits", `Step: logits of ${logits} tokens, the step has ${n}`);
+      const tokens = new Uint32Array(n);
+      for (let i = 0; i < n; i++) tokens[i] = r.u32(`tokens[${i}]`);
+      m = { type, pos, logits, tokens };
       break;
     case MessageType.Session: {
       const node = r.u32("node"), nodes = r.u32("nodes"), wire = r.u32("wire");

@@ -1,15 +1,15 @@
 // The root's side of a cluster: connect to the workers, check them (protocol version, identical
-// model file, cluster secret), send each its plan, then per layer send the block input and gather
-// the partial outputs. A worker that dies, stalls or answers nonsense stops the root with a message
-// naming it.
+// model file, cluster secret), send each its plan, then per step send the token ids and complete
+// every reduction with them (partition.ts exchangesPartials). A worker that dies, stalls or answers
+// nonsense stops the root with a message naming it.
 import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
-import { Phase, type Peers } from "../model/llama";
-import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
+import { Phase, type Peers, type RowRange } from "../model/llama";
+import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
-import { outputTensorName, sliceOffsets } from "./plan";
-import { type Range, type Slice, splitVocab } from "./partition";
+import { sliceOffsets } from "./plan";
+import { exchangesPartials, type Range, type Slice, splitVocab } from "./partition";
 import { type FileIdentity } from "./storage";
 import { type Counters, countersFromStats, Op, type Profiler } from "../profile/profiler";
 import { hmac, md5FromHex } from "./worker";
@@ -21,10 +21,11 @@ import {
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
   HEADER_SIZE,
-  isWireType,
   MessageType,
   tensorMetaBytes,
   PROTOCOL_VERSION,
+  roundTripActivation,
+  SESSION_EXCHANGE,
   SESSION_LOGITS,
   SESSION_PROFILE,
   writeActivationFrame,
@@ -113,12 +114,13 @@ function connect(host: string, port: number, addr: string, timeoutMs: number): P
 export class ClusterPeers implements Peers {
   private tmp = new Float32Array(0);
   /** per worker: the logits rows it computes (SESSION_LOGITS), or null when the root computes them */
-  private readonly logitRows: (Range | null)[];
+  private readonly workerRows: (Range | null)[];
   /** the rows of the logits the root computes: its own and those of workers that do not */
   private readonly localLogitRows: Range[];
-  /** the final hidden state travels in the output projection's activation type: what the root
-   *  would compute with, so the workers' rows are the root's to the bit */
-  private readonly logitsWire: WireType;
+  /** two nodes: the root sends its own partial output and adds the worker's (else it sends the sum) */
+  private readonly exchange: boolean;
+  /** this step: the workers compute their rows of the logits */
+  private splitLogits = false;
   /** bytes sent and received, frames, for the figures */
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
 
@@ -130,23 +132,21 @@ export class ClusterPeers implements Peers {
     private readonly stallMs: number,
     private readonly prof: Profiler | null,
     private readonly spinner: Spinner | null,
-    g: GGUFFile,
   ) {
-    this.logitRows = conns.map(() => null);
+    this.workerRows = conns.map(() => null);
     this.localLogitRows = [];
-    const act = TYPE_TRAITS.get(g.tensor(outputTensorName(g)).type)?.activation ?? GGMLType.F32;
-    this.logitsWire = isWireType(act) ? act : GGMLType.F32;
+    this.exchange = exchangesPartials(conns.length + 1);
   }
 
   static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
     const addrs = parseWorkerList(o.workers.join(","));
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
-    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner, g);
+    const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
       const vocab = splitVocab(c.vocabSize, slices.length);
       await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o, i, vocab[i + 1]!)));
       // the rows the root computes itself, merged where they touch
-      for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.logitRows[i])]) {
+      for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.workerRows[i])]) {
         const last = peers.localLogitRows[peers.localLogitRows.length - 1];
         if (last && last.end === r.start) peers.localLogitRows[peers.localLogitRows.length - 1] = { start: last.start, end: r.end };
         else peers.localLogitRows.push(r);
@@ -174,35 +174,38 @@ export class ClusterPeers implements Peers {
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
     // a worker that can computes its share of the logits (one more round trip per step, half the rows)
     const logits = (r.message.capabilities & Capability.Logits) !== 0;
-    const flags = (o.profiler ? SESSION_PROFILE : 0) | (logits ? SESSION_LOGITS : 0);
+    const flags = (o.profiler ? SESSION_PROFILE : 0) | (logits ? SESSION_LOGITS : 0) | (exchangesPartials(nodes) ? SESSION_EXCHANGE : 0);
     conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags });
     conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice, logits ? vocab : undefined) });
     await conn.expect(MessageType.PlanAck, t, "the plan");
-    if (logits) this.logitRows[index] = vocab;
+    if (logits) this.workerRows[index] = vocab;
   }
 
-  begin(pos0: number, n: number): void {
-    for (const conn of this.conns) conn.send({ type: MessageType.Step, pos: pos0, nTokens: n });
-    this.stats.bytesOut += this.conns.length * (HEADER_SIZE + 8);
-  }
-
-  send(layer: number, phase: Phase, h: Float32Array, n: number): void {
-    const c = this.c;
-    const flags = phase === Phase.FeedForward ? FLAG_FEED_FORWARD : 0;
-    const p = this.prof;
-    for (const conn of this.conns) {
-      let t = p ? p.start() : 0;
-      const info = writeActivationFrame(conn.writer, this.k, MessageType.Forward, { seq: conn.nextSeq(), layer, flags }, h.subarray(0, n * c.dim), [n, c.dim], this.wire);
-      this.stats.bytesOut += info.frameBytes;
-      if (p) t = p.lap(Op.WireCompress, t);
-      conn.flushWriter();
-      if (p) p.stop(Op.NetworkSend, t);
+  begin(pos0: number, tokens: ArrayLike<number>, logits: number): void {
+    let most = 0;
+    for (const r of this.workerRows) if (r) most = Math.max(most, r.end - r.start);
+    // logits of many tokens (perplexity) above a frame's limit: the root computes them all
+    this.splitLogits = logits > 0 && most > 0 && logits * most * 4 + 64 <= DEFAULT_MAX_PAYLOAD;
+    const ids = Uint32Array.from(tokens);
+    for (let i = 0; i < this.conns.length; i++) {
+      this.conns[i]!.send({ type: MessageType.Step, pos: pos0, logits: this.splitLogits && this.workerRows[i] ? logits : 0, tokens: ids });
     }
+    this.stats.bytesOut += this.conns.length * (HEADER_SIZE + 12 + 4 * ids.length);
   }
 
-  async gather(layer: number, phase: Phase, into: Float32Array, n: number): Promise<void> {
-    const size = n * this.c.dim;
+  /**
+   * Completes a reduction. Two nodes: the root's partial goes out at once, and both add the two.
+   * More: the root adds the workers' partials to its own and sends the sum back. Each node adds
+   * partials as the wire delivers them (its own too), so every copy of the residual stream is equal.
+   */
+  async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
+    const size = n * this.c.dim, shape = [n, this.c.dim];
     if (this.tmp.length < size) this.tmp = new Float32Array(size);
+    const own = part.subarray(0, size);
+    if (this.exchange) {
+      this.sendPartial(this.conns[0]!, layer, phase, own, shape);
+      roundTripActivation(this.k, own, shape, this.wire);
+    }
     const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
     const p = this.prof;
     let t = p ? p.start() : 0;
@@ -226,40 +229,40 @@ export class ClusterPeers implements Peers {
       if (p) t = p.start();
       decodeActivation(this.k, m.tensor, this.tmp);
       if (p) t = p.lap(Op.WireDecompress, t);
-      this.k.add(into, into, this.tmp, size);
+      this.k.add(own, own, this.tmp, size);
       if (p) p.stop(Op.Add, t);
     }
-  }
-
-  sendLogits(h: Float32Array, n: number): readonly Range[] | null {
-    const c = this.c;
-    let most = 0;
-    for (const r of this.logitRows) if (r) most = Math.max(most, r.end - r.start);
-    // logits of many tokens (perplexity) above a frame's limit: the root computes them all
-    if (most === 0 || n * most * 4 + 64 > DEFAULT_MAX_PAYLOAD) return null;
-    const p = this.prof;
-    for (let i = 0; i < this.conns.length; i++) {
-      if (!this.logitRows[i]) continue;
-      const conn = this.conns[i]!;
-      let t = p ? p.start() : 0;
-      const info = writeActivationFrame(conn.writer, this.k, MessageType.Logits, { seq: conn.nextSeq() }, h.subarray(0, n * c.dim), [n, c.dim], this.logitsWire);
-      this.stats.bytesOut += info.frameBytes;
-      if (p) t = p.lap(Op.WireCompress, t);
-      conn.flushWriter();
-      if (p) p.stop(Op.NetworkSend, t);
+    if (!this.exchange) {
+      // the sum goes out as it is, then the root takes it as the workers will decode it
+      for (const conn of conns) this.sendPartial(conn, layer, phase, own, shape);
+      roundTripActivation(this.k, own, shape, this.wire);
     }
-    return this.localLogitRows;
   }
 
-  async gatherLogits(into: Float32Array, n: number): Promise<void> {
+  private sendPartial(conn: Conn, layer: number, phase: Phase, x: Float32Array, shape: number[]): void {
+    const p = this.prof;
+    let t = p ? p.start() : 0;
+    const flags = phase === Phase.FeedForward ? FLAG_FEED_FORWARD : 0;
+    const info = writeActivationFrame(conn.writer, this.k, MessageType.Partial, { seq: conn.nextSeq(), layer, flags }, x, shape, this.wire);
+    this.stats.bytesOut += info.frameBytes;
+    if (p) t = p.lap(Op.WireCompress, t);
+    conn.flushWriter();
+    if (p) p.stop(Op.NetworkSend, t);
+  }
+
+  logitRows(): readonly RowRange[] | null {
+    return this.splitLogits ? this.localLogitRows : null;
+  }
+
+  async finishLogits(into: Float32Array, n: number): Promise<void> {
     const vocab = this.c.vocabSize, p = this.prof;
-    const asked = this.conns.filter((_, i) => this.logitRows[i]);
+    const asked = this.conns.filter((_, i) => this.workerRows[i]);
     let t = p ? p.start() : 0;
     const results = asked.length === 1 ? [await asked[0]!.next(this.stallMs, "the logits", this.spinner)] : await Promise.all(asked.map((conn) => conn.next(this.stallMs, "the logits", this.spinner)));
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0, j = 0; i < this.conns.length; i++) {
-      const rows = this.logitRows[i];
+      const rows = this.workerRows[i];
       if (!rows) continue;
       const r = results[j++]!, conn = this.conns[i]!, m = r.message, nr = rows.end - rows.start;
       if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);

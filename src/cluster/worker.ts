@@ -1,12 +1,13 @@
 // A worker: listens for a root, checks that both hold the same model file (and the cluster secret),
-// maps its own copy of the file, and computes its slice of every layer for each forward step. It
-// serves one root session after another; a bad frame closes that connection only.
+// maps its own copy of the file, and runs every forward step the root starts over its own copy of
+// the residual stream, computing its slice of every layer and completing each reduction with the
+// root (RootLink). It serves one root session after another; a bad frame closes that connection only.
 import { createHmac, randomBytes } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile } from "../model/gguf";
-import { type KVCache, loadWeights, type Matrix, SliceCompute } from "../model/llama";
+import { type KVCache, LlamaModel, loadWeights, type Peers, Phase, type RowRange } from "../model/llama";
 import { loadKernels } from "../native/index";
-import { GGMLType, type Kernels, TYPE_TRAITS, typeBytes } from "../native/types";
+import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
@@ -26,6 +27,8 @@ import {
   messageTypeName,
   NONCE_BYTES,
   PROTOCOL_VERSION,
+  roundTripActivation,
+  SESSION_EXCHANGE,
   SESSION_LOGITS,
   SESSION_PROFILE,
   writeActivationFrame,
@@ -60,19 +63,11 @@ export function md5FromHex(hex: string): Uint8Array {
 
 interface Session {
   conn: Conn;
-  compute: SliceCompute;
-  /** the plain kernels (compute.k may be the profiled ones) */
-  kernels: Kernels;
+  model: LlamaModel;
+  link: RootLink;
   /** set when the root asked for a profile (SESSION_PROFILE) */
   prof: Profiler | null;
   cache: KVCache;
-  wire: WireType;
-  h: Float32Array;
-  out: Float32Array;
-  pos: number;
-  nTokens: number;
-  /** SESSION_LOGITS: the output rows this worker computes, and the output matrix */
-  logits: { rows: Range; output: Matrix; out: Float32Array } | null;
 }
 
 export interface RunningWorker {
@@ -159,16 +154,16 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         return streamed!.close();
       };
     }
-    const compute = new SliceCompute(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, prof, streamed);
-    session = { conn, compute, kernels, prof, cache: compute.newCache(s.nCtx, kvType), wire: s.wire, h: new Float32Array(0), out: new Float32Array(0), pos: 0, nTokens: 0,
-      logits: logitRows ? { rows: logitRows, output: weights.output, out: new Float32Array(0) } : null };
+    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, o.idleTimeoutMs ?? 24 * 3600_000, o.spinner === undefined ? spinner : o.spinner);
+    const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
+    session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType) };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
     // ---- steps
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
     const spin = o.spinner === undefined ? spinner : o.spinner;
-    let answered = false; // a Result just went out: the root's next Forward is due within a layer's time
+    let answered = false; // a step just ended: the root's next Step is due within a token's time
     for (;;) {
       const r = await conn.next(idle, "the next step", answered ? spin : null);
       answered = false;
@@ -184,64 +179,14 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         if (r.flags & FLAG_STATS_RESET) session.prof?.reset();
         continue;
       }
-      if (m.type === MessageType.Step) {
-        session.pos = m.pos;
-        session.nTokens = m.nTokens;
-        continue;
-      }
-      if (m.type === MessageType.Logits && session.logits) {
-        logits(session, m);
-        answered = true;
-        continue;
-      }
-      if (m.type !== MessageType.Forward) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${messageTypeName(m.type)} during a session`);
-      await forward(session, r.layer, (r.flags & FLAG_FEED_FORWARD) !== 0, m);
+      if (m.type !== MessageType.Step) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${messageTypeName(m.type)} between steps`);
+      const n = m.tokens.length;
+      if (m.logits !== 0 && m.logits !== 1 && m.logits !== n) throw refuse(conn, ErrorCode.BadPlan, `Step of ${n} tokens asks for the logits of ${m.logits}: 0, 1 or ${n} expected`);
+      if (m.logits && !session.link.rows) throw refuse(conn, ErrorCode.BadPlan, "Step asks for logits from a worker that has no rows of them");
+      session.link.logits = m.logits;
+      await session.model.forward(m.tokens, m.pos, session.cache, m.logits > 1);
       answered = true;
     }
-  };
-
-  const forward = async (s: Session, layer: number, ffn: boolean, m: Extract<Message, { type: MessageType.Forward }>) => {
-    const c = s.compute.config;
-    const n = m.tensor.shape[0]!;
-    if (m.tensor.shape.length !== 2 || m.tensor.shape[1] !== c.dim || n !== s.nTokens || layer >= c.nLayers) {
-      throw new Error(`Forward [${m.tensor.shape.join(", ")}] for layer ${layer} does not fit the step (${s.nTokens} tokens of ${c.dim}, ${c.nLayers} layers)`);
-    }
-    if (s.h.length < n * c.dim) [s.h, s.out] = [new Float32Array(n * c.dim), new Float32Array(n * c.dim)];
-    const p = s.prof;
-    let t = p ? p.start() : 0;
-    decodeActivation(s.kernels, m.tensor, s.h);
-    if (p) p.stop(Op.WireDecompress, t);
-    if (ffn) await s.compute.feedForward(layer, s.h, n, s.out);
-    else await s.compute.attention(layer, s.h, n, s.pos, s.cache, s.out);
-    if (p) t = p.start();
-    writeActivationFrame(s.conn.writer, s.kernels, MessageType.Result, { seq: s.conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, s.out.subarray(0, n * c.dim), [n, c.dim], s.wire);
-    if (p) t = p.lap(Op.WireCompress, t);
-    s.conn.flushWriter();
-    if (p) p.stop(Op.NetworkSend, t);
-  };
-
-  /** This worker's rows of the logits for the final hidden state of the step's last n tokens. */
-  const logits = (s: Session, m: Extract<Message, { type: MessageType.Logits }>) => {
-    const c = s.compute.config, L = s.logits!;
-    const n = m.tensor.shape[0]!, rows = L.rows.end - L.rows.start;
-    if (m.tensor.shape.length !== 2 || m.tensor.shape[1] !== c.dim || n < 1 || n > s.nTokens) {
-      throw new Error(`Logits [${m.tensor.shape.join(", ")}] does not fit the step (up to ${s.nTokens} tokens of ${c.dim})`);
-    }
-    if (s.h.length < n * c.dim) [s.h, s.out] = [new Float32Array(n * c.dim), new Float32Array(n * c.dim)];
-    if (L.out.length < n * rows) L.out = new Float32Array(n * rows);
-    const p = s.prof;
-    let t = p ? p.start() : 0;
-    decodeActivation(s.kernels, m.tensor, s.h);
-    if (p) t = p.lap(Op.WireDecompress, t);
-    const w = L.output, x = activation(s.kernels, w.type, s.h, n * c.dim);
-    s.kernels.matmul(L.out, rows, w.data, w.type, x, w.nIn, L.rows.start, L.rows.end, n);
-    if (p) {
-      p.stop(Op.Logits, t, rows * typeBytes(w.type, w.nIn));
-      t = p.start();
-    }
-    writeActivationFrame(s.conn.writer, s.kernels, MessageType.Logits, { seq: s.conn.nextSeq() }, L.out.subarray(0, n * rows), [n, rows], GGMLType.F32);
-    s.conn.flushWriter();
-    if (p) p.stop(Op.NetworkSend, t);
   };
 
   const server = Bun.listen<{ conn: Conn }>({
@@ -282,19 +227,91 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   return { port: server.port, stop: () => server.stop(true) };
 }
 
-/** `count` floats of x in the activation type a `type` matmul takes (as LlamaModel's Activation does). */
-function activation(k: Kernels, type: GGMLType, x: Float32Array, count: number): Uint8Array | Uint16Array | Float32Array {
-  const act = TYPE_TRAITS.get(type)!.activation;
-  if (act === GGMLType.F32) return x;
-  if (act === GGMLType.Q8_0) {
-    const out = new Uint8Array(typeBytes(GGMLType.Q8_0, count));
-    k.quantizeQ8_0(out, x, count);
-    return out;
+/**
+ * A worker's side of the reductions (the Peers of its LlamaModel): its partial output of each block
+ * goes to the root as a Result; the root's Partial completes it (SESSION_EXCHANGE: the root's own
+ * partial, added to this node's as the wire delivers it; else the sum over all nodes).
+ */
+class RootLink implements Peers {
+  /** how many last tokens' logits this step wants from this worker (the Step says) */
+  logits = 0;
+  private tmp = new Float32Array(0);
+  private rowsOut = new Float32Array(0);
+
+  constructor(
+    private readonly conn: Conn,
+    /** the plain kernels (the model's may be the profiled ones) */
+    private readonly k: Kernels,
+    private readonly c: ModelConfig,
+    private readonly wire: WireType,
+    private readonly exchange: boolean,
+    /** SESSION_LOGITS: the rows of the output projection this worker computes */
+    readonly rows: Range | null,
+    private readonly prof: Profiler | null,
+    private readonly waitMs: number,
+    private readonly spinner: Spinner | null,
+  ) {}
+
+  begin(): void {
+    // the root started the step (its Step message is what runs forward() here)
   }
-  const out = new Uint16Array(count);
-  if (act === GGMLType.F16) k.f32ToF16(out, x, count);
-  else k.f32ToBf16(out, x, count);
-  return out;
+
+  async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
+    const { conn, k, prof: p } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
+    const own = part.subarray(0, size);
+    let t = p ? p.start() : 0;
+    writeActivationFrame(conn.writer, k, MessageType.Result, { seq: conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
+    if (p) t = p.lap(Op.WireCompress, t);
+    conn.flushWriter();
+    if (p) p.stop(Op.NetworkSend, t);
+    if (this.exchange) roundTripActivation(k, own, shape, this.wire);
+    const what = `layer ${layer} (${ffn ? "feed-forward" : "attention"})`;
+    t = p ? p.start() : 0;
+    const r = await conn.next(this.waitMs, `the root's partial of ${what}`, this.spinner);
+    if (p) p.stop(Op.NetworkWait, t);
+    const m = r.message;
+    if (m.type === MessageType.Bye) throw new Error(`${conn.peer} ended the session in the middle of a step`);
+    if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
+    if (m.type !== MessageType.Partial || r.layer !== layer || ((r.flags & FLAG_FEED_FORWARD) !== 0) !== ffn) {
+      throw refuse(conn, ErrorCode.BadPlan, `expected the root's partial of ${what}, got ${messageTypeName(m.type)} for layer ${r.layer}`);
+    }
+    if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== this.c.dim) {
+      throw refuse(conn, ErrorCode.BadPlan, `the root's partial of ${what} is a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
+    }
+    t = p ? p.start() : 0;
+    if (this.exchange) {
+      if (this.tmp.length < size) this.tmp = new Float32Array(size);
+      decodeActivation(k, m.tensor, this.tmp);
+      if (p) t = p.lap(Op.WireDecompress, t);
+      k.add(own, own, this.tmp, size);
+      if (p) p.stop(Op.Add, t);
+    } else {
+      decodeActivation(k, m.tensor, own);
+      if (p) p.stop(Op.WireDecompress, t);
+    }
+  }
+
+  logitRows(): readonly RowRange[] | null {
+    return this.logits && this.rows ? [this.rows] : [];
+  }
+
+  /** Sends this worker's rows of the logits (n tokens) to the root. */
+  async finishLogits(logits: Float32Array, n: number): Promise<void> {
+    const rows = this.rows, p = this.prof;
+    if (!this.logits || !rows) return;
+    const vocab = this.c.vocabSize, nr = rows.end - rows.start;
+    let out: Float32Array;
+    if (n === 1) out = logits.subarray(rows.start, rows.end);
+    else {
+      if (this.rowsOut.length < n * nr) this.rowsOut = new Float32Array(n * nr);
+      out = this.rowsOut.subarray(0, n * nr);
+      for (let i = 0; i < n; i++) out.set(logits.subarray(i * vocab + rows.start, i * vocab + rows.end), i * nr);
+    }
+    const t = p ? p.start() : 0;
+    writeActivationFrame(this.conn.writer, this.k, MessageType.Logits, { seq: this.conn.nextSeq() }, out, [n, nr], GGMLType.F32);
+    this.conn.flushWriter();
+    if (p) p.stop(Op.NetworkSend, t);
+  }
 }
 
 /** Sends an Error to the peer and returns the Error to throw locally. */

@@ -408,23 +408,35 @@ export const enum Phase {
   FeedForward = 1,
 }
 
-/**
- * The other nodes of a cluster, seen from the root: `send` gives them a block's normalised input,
- * `gather` adds their partial outputs into the root's own. Absent on a single node.
- */
-export interface Peers {
-  begin(pos0: number, n: number): void;
-  send(layer: number, phase: Phase, h: Float32Array, n: number): void;
-  gather(layer: number, phase: Phase, into: Float32Array, n: number): Promise<void>;
-  /** Optional, the logits shared out: hands the nodes that compute rows of the output projection the
-   *  final normalised hidden state h (n rows) and returns the row ranges this node computes itself,
-   *  or null when it computes them all. */
-  sendLogits?(h: Float32Array, n: number): readonly { start: number; end: number }[] | null;
-  /** After sendLogits: copies the other nodes' rows into `into` (n rows of the vocabulary). */
-  gatherLogits?(into: Float32Array, n: number): Promise<void>;
+/** Rows [start, end) of the output projection (the vocabulary). */
+export interface RowRange {
+  readonly start: number;
+  readonly end: number;
 }
 
-/** The root's view of the model: embeddings, the residual stream, norms and logits, plus its slice. */
+/**
+ * The other nodes of a cluster, from one node's side (the root's, src/cluster/root.ts, or a
+ * worker's, src/cluster/worker.ts). Every node runs forward() over its own copy of the residual
+ * stream; the copies stay identical because every reduction hands every node the same sum.
+ * Absent on a single node.
+ */
+export interface Peers {
+  /** A forward step over `tokens` at positions pos0..: the root tells the workers (token ids
+   *  included: each node embeds them itself). `logits` is how many last tokens' logits the step
+   *  wants, 0 when this node computes all of them itself (a streamed root). */
+  begin(pos0: number, tokens: ArrayLike<number>, logits: number): void;
+  /** `part` (n rows of dim) holds this node's partial output of a block; afterwards, the sum over all
+   *  nodes, the same to the bit on every node. */
+  reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void>;
+  /** The rows of the logits this node computes in this step, or null when it computes all of them. */
+  logitRows(): readonly RowRange[] | null;
+  /** After this node computed its rows into `logits` (n rows of the vocabulary): the root copies in
+   *  the other nodes' rows, a worker sends its own. */
+  finishLogits(logits: Float32Array, n: number): Promise<void>;
+}
+
+/** A node's view of the model: embeddings, its own copy of the residual stream, norms and logits,
+ *  and its slice of every layer (on one node, the whole model). */
 export class LlamaModel {
   readonly local: SliceCompute;
   private x = new Float32Array(0); //     (cap, dim)   the residual stream
@@ -462,51 +474,61 @@ export class LlamaModel {
     if (this.x.length < n * c.dim) [this.x, this.h, this.part] = [0, 0, 0].map(() => new Float32Array(n * c.dim)) as [Float32Array<ArrayBuffer>, Float32Array<ArrayBuffer>, Float32Array<ArrayBuffer>];
     const { x, h, part } = this;
 
+    // logits of the last token, or of all of them
+    const first = allLogits ? 0 : n - 1;
+    const count = n - first;
+    for (let i = 0; i < n; i++) {
+      const t = tokens[i]!;
+      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`forward: token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
+    }
+    peers?.begin(pos0, tokens, this.streamed ? 0 : count);
+
     // token embeddings: rows of token_embd, dequantised
     const embRow = typeBytes(w.tokenEmbd.type, c.dim);
     for (let i = 0; i < n; i++) {
       const t = tokens[i]!;
-      if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`forward: token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
       k.dequantize(x.subarray(i * c.dim, (i + 1) * c.dim), w.tokenEmbd.data.subarray(t * embRow, (t + 1) * embRow), w.tokenEmbd.type, c.dim);
     }
-    peers?.begin(pos0, n);
 
     for (let l = 0; l < c.nLayers; l++) {
       const L = w.layers[l]!;
       // attention: x += sum over nodes of Wo[:, slice] . attention(slice heads)
       k.rmsnorm(h, x, L.attnNorm, c.dim, n, c.rmsEps);
-      peers?.send(l, Phase.Attention, h, n);
       await this.local.attention(l, h, n, pos0, cache, part);
-      if (peers) await peers.gather(l, Phase.Attention, part, n);
+      if (peers) await peers.reduce(l, Phase.Attention, part, n);
       k.add(x, x, part, n * c.dim);
 
       // feed-forward: x += sum over nodes of Wdown[:, slice] . (silu(Wgate[slice] h) * Wup[slice] h)
       k.rmsnorm(h, x, L.ffnNorm, c.dim, n, c.rmsEps);
-      peers?.send(l, Phase.FeedForward, h, n);
       await this.local.feedForward(l, h, n, part);
-      if (peers) await peers.gather(l, Phase.FeedForward, part, n);
+      if (peers) await peers.reduce(l, Phase.FeedForward, part, n);
       k.add(x, x, part, n * c.dim);
     }
 
-    // logits of the last token, or of all of them
-    const first = allLogits ? 0 : n - 1;
-    const count = n - first;
-    k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
-    const logits = new Float32Array(count * c.vocabSize);
-    const out = w.output, input = this.act.set(h, count * c.dim).as(out.type), p = this.prof;
-    const local = this.streamed ? null : (peers?.sendLogits?.(h, count) ?? null);
-    if (local) {
-      // the other nodes compute their rows meanwhile
+    const out = w.output, p = this.prof;
+    const shared = peers ? peers.logitRows() : null;
+    if (shared) {
+      // a cluster's logits: each node its rows (a worker returns an empty array when it has none)
+      if (shared.length === 0) {
+        await peers!.finishLogits(new Float32Array(0), count);
+        return new Float32Array(0);
+      }
+      k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
+      const input = this.act.set(h, count * c.dim).as(out.type);
+      const logits = new Float32Array(count * c.vocabSize);
       const t = p ? p.start() : 0;
       let bytes = 0;
-      for (const r of local) {
+      for (const r of shared) {
         k.matmul(logits.subarray(r.start), c.vocabSize, out.data, out.type, input, out.nIn, r.start, r.end, count);
         bytes += (r.end - r.start) * typeBytes(out.type, out.nIn);
       }
       if (p) p.stop(Op.Logits, t, bytes);
-      await peers!.gatherLogits!(logits, count);
+      await peers!.finishLogits(logits, count);
       return logits;
     }
+    k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
+    const logits = new Float32Array(count * c.vocabSize);
+    const input = this.act.set(h, count * c.dim).as(out.type);
     if (!this.streamed) {
       const t = p ? p.start() : 0;
       k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
