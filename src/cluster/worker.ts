@@ -184,7 +184,14 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       if (m.logits !== 0 && m.logits !== 1 && m.logits !== n) throw refuse(conn, ErrorCode.BadPlan, `Step of ${n} tokens asks for the logits of ${m.logits}: 0, 1 or ${n} expected`);
       if (m.logits && !session.link.rows) throw refuse(conn, ErrorCode.BadPlan, "Step asks for logits from a worker that has no rows of them");
       session.link.logits = m.logits;
-      await session.model.forward(m.tokens, m.pos, session.cache, m.logits > 1);
+      try {
+        await session.model.forward(m.tokens, m.pos, session.cache, m.logits > 1);
+      } catch (e) {
+        // tell the root why (a token outside the vocabulary, positions beyond the context, a bad
+        // partial), unless it is the connection itself that failed
+        if (conn.closed) throw e;
+        throw refuse(conn, ErrorCode.Compute, `worker ${name}: the step at position ${m.pos} failed: ${(e as Error).message}`);
+      }
       answered = true;
     }
   };
