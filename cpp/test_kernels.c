@@ -1,6 +1,6 @@
 /*
  * test_kernels.c: C-level tests (`zig build test`). Through the public API only, every variant this
- * CPU supports is checked against the scalar variant on odd sizes, with 1 and 3 threads, and the
+ * CPU supports is checked against the scalar variant on odd sizes, with 1 to 4 threads, and the
  * maximum difference of each kernel is printed. Exits 1 on any mismatch.
  */
 #include <stdio.h>
@@ -89,14 +89,16 @@ static void *make_activation(int wtype, const float *x, int64_t n, dl_ctx *ref) 
 
 static void test_matmul(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_BF16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
-    const int64_t rows_list[] = {1, 31, 32, 33, 4095};
+    const int64_t rows_list[] = {1, 31, 32, 33, 4095, 4096};
     for (int ti = 0; ti < 5; ti++) {
         const int type = types[ti];
         const int64_t bv = dl_type_block_values(type);
-        const int64_t nins[] = {bv == 1 ? 33 : 32, 4096};
-        for (int ni = 0; ni < 2; ni++)
-            for (int ri = 0; ri < 5; ri++) {
+        /* quantized rows of 1, 31 and 33 blocks: kernels that take blocks in groups have a tail */
+        const int64_t nins[] = {bv == 1 ? 33 : 32, bv == 1 ? 31 : 32 * 31, bv == 1 ? 1 : 32 * 33, 4096};
+        for (int ni = 0; ni < 4; ni++)
+            for (int ri = 0; ri < 6; ri++) {
                 const int64_t n_in = nins[ni], rows = rows_list[ri], n_tok = rows > 1000 ? 1 : 3;
+                if (rows > 1000 && n_in != 4096) continue;
                 const int64_t r0 = rows > 4 ? 1 : 0, r1 = rows > 4 ? rows - 2 : rows, ldo = r1 - r0 + 3;
                 void *w = make_weights(type, rows, n_in, ref);
                 float *xf = malloc((size_t)(n_tok * n_in) * 4);
@@ -110,6 +112,73 @@ static void test_matmul(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
                 expect_close(what, vn, got, want, n_tok * ldo, 1e-5f);
                 free(w), free(xf), free(x), free(want), free(got);
             }
+    }
+}
+
+/* A column slice of a wider matrix (ldw > row bytes, w at the slice's first column) gives the bits of
+ * the same columns copied into rows of their own, and matches the scalar reference. */
+static void test_slice(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
+    const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_BF16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
+    const int64_t full = 4096, rows = 37, n_tok = 3, slices[][2] = {{1024, 2048}, {32 * 7, 32 * 33}, {32, 32}};
+    for (int ti = 0; ti < 5; ti++)
+        for (int si = 0; si < 3; si++) {
+            const int type = types[ti];
+            const int64_t c0 = slices[si][0], width = slices[si][1], r0 = 2, r1 = 35, ldo = r1 - r0 + 1;
+            const int64_t bv = dl_type_block_values(type), bb = dl_type_block_bytes(type);
+            const int64_t row_bytes = full / bv * bb, off = c0 / bv * bb, w_bytes = width / bv * bb;
+            uint8_t *w = make_weights(type, rows, full, ref), *packed = malloc((size_t)(rows * w_bytes));
+            for (int64_t r = 0; r < rows; r++) memcpy(packed + r * w_bytes, w + r * row_bytes + off, (size_t)w_bytes);
+            float *xf = malloc((size_t)(n_tok * width) * 4);
+            fill(xf, n_tok * width, 1.0f);
+            void *x = make_activation(type, xf, n_tok * width, ref);
+            float *want = calloc((size_t)(n_tok * ldo), 4), *a = calloc((size_t)(n_tok * ldo), 4), *b = calloc((size_t)(n_tok * ldo), 4);
+            expect_ok(dl_matmul(want, ldo, w + off, row_bytes, type, x, width, r0, r1, n_tok, ref), "matmul slice (scalar)");
+            expect_ok(dl_matmul(a, ldo, packed, 0, type, x, width, r0, r1, n_tok, ctx), "matmul packed");
+            expect_ok(dl_matmul(b, ldo, w + off, row_bytes, type, x, width, r0, r1, n_tok, ctx), "matmul slice");
+            char what[64];
+            snprintf(what, sizeof what, "matmul slice type %d [%lld, +%lld)", type, (long long)c0, (long long)width);
+            expect_close(what, vn, b, want, n_tok * ldo, 1e-5f);
+            checks++;
+            if (memcmp(a, b, (size_t)(n_tok * ldo) * 4) != 0) {
+                printf("FAIL %s %-8s differs from the same columns packed\n", what, vn);
+                failures++;
+            }
+            free(w), free(packed), free(xf), free(x), free(want), free(a), free(b);
+        }
+}
+
+/* Q8_0 / Q4_0 scales of every fp16 kind (zero, -0, subnormals, the largest subnormal, the smallest and
+ * largest normal, negative), the same in every block of a weight row (rows 0..15) or of a token (tokens
+ * 0..15), the other side's scales normal: kernels that convert scales in vectors must give the
+ * reference's products. Each output is compared on its own, so that a tiny one counts as much as a
+ * large one. */
+static void test_scales(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
+    static const uint16_t kinds[] = {0x0000, 0x8000, 0x0001, 0x0155, 0x03ff, 0x8203, 0x0400, 0x1c00,
+                                     0x2e66, 0xb800, 0x3c00, 0x7bff, 0xc4d2, 0x2001, 0x0010, 0x9c00};
+    const uint16_t normal = 0x2419; /* 0.0157 */
+    const int types[] = {DL_TYPE_Q8_0, DL_TYPE_Q4_0};
+    const int64_t n_in = 32 * 37, rows = 17, n_tok = 17, nb = n_in / QK;
+    for (int ti = 0; ti < 2; ti++) {
+        const int type = types[ti];
+        const int64_t bb = dl_type_block_bytes(type);
+        uint8_t *w = make_weights(type, rows, n_in, ref);
+        for (int64_t b = 0; b < rows * nb; b++) memcpy(w + b * bb, b / nb < 16 ? &kinds[b / nb] : &normal, 2);
+        float *xf = malloc((size_t)(n_tok * n_in) * 4);
+        fill(xf, n_tok * n_in, 1.0f);
+        uint8_t *x = make_activation(type, xf, n_tok * n_in, ref);
+        for (int64_t b = 0; b < n_tok * nb; b++) memcpy(x + b * 34, b / nb < 16 ? &kinds[b / nb] : &normal, 2);
+        float *want = calloc((size_t)(n_tok * rows), 4), *got = calloc((size_t)(n_tok * rows), 4);
+        expect_ok(dl_matmul(want, rows, w, 0, type, x, n_in, 0, rows, n_tok, ref), "matmul scales (scalar)");
+        expect_ok(dl_matmul(got, rows, w, 0, type, x, n_in, 0, rows, n_tok, ctx), "matmul scales");
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t r = 0; r < rows; r++)
+                if (t == 16 || r == 16) {
+                    char what[64];
+                    snprintf(what, sizeof what, "matmul type %d scales %04x x %04x", type, r < 16 ? kinds[r] : normal,
+                             t < 16 ? kinds[t] : normal);
+                    expect_close(what, vn, &got[t * rows + r], &want[t * rows + r], 1, 1e-5f);
+                }
+        free(w), free(xf), free(x), free(want), free(got);
     }
 }
 
@@ -251,10 +320,12 @@ int main(void) {
             printf("skip %s (not supported by this CPU)\n", dl_variant_name(vi));
             continue;
         }
-        for (int nth = 1; nth <= 3; nth += 2) {
+        for (int nth = 1; nth <= 4; nth++) {
             dl_ctx *ctx = dl_ctx_create(nth, vi);
             const int before = failures;
             test_matmul(ref, ctx, dl_variant_name(vi));
+            test_slice(ref, ctx, dl_variant_name(vi));
+            test_scales(ref, ctx, dl_variant_name(vi));
             test_batch(ref, ctx, dl_variant_name(vi));
             test_elementwise(ref, ctx, dl_variant_name(vi));
             test_silu_accuracy(ctx, dl_variant_name(vi));

@@ -124,6 +124,15 @@ describe("library", () => {
     expect(info.defaultVariant).toBeGreaterThanOrEqual(0);
     expect(info.variants[info.defaultVariant]!.supported).toBe(true);
   });
+
+  test.skipIf(process.arch !== "x64")("x86-64: the ssse3 variant is supported wherever the CPU has x86-64-v2, and tested here then", () => {
+    const names = info.variants.map((v) => v.name);
+    expect(names.slice(0, 5)).toEqual(["scalar", "x86_64", "ssse3", "avx2", "avx512"]);
+    const v2 = ["sse3", "ssse3", "sse4.1", "sse4.2", "popcnt"].every((f) => info.cpuFeatures.split(" ").includes(f));
+    expect(supported.some((v) => v.name === "ssse3")).toBe(v2);
+    // avx2 implies x86-64-v2: an AVX2 machine tests the ssse3 kernels too
+    if (supported.some((v) => v.name === "avx2")) expect(v2).toBe(true);
+  });
 });
 
 const MATMUL_TYPES: [GGMLType, string][] = [
@@ -137,8 +146,9 @@ const MATMUL_TYPES: [GGMLType, string][] = [
 describe("matmul", () => {
   for (const [type, name] of MATMUL_TYPES) {
     const quant = type === GGMLType.Q8_0 || type === GGMLType.Q4_0;
-    // n_in must be a multiple of the block; rows take every size of the list.
-    const nIns = quant ? [32, 64, 4096] : [1, 31, 33, 4096];
+    // n_in must be a multiple of the block; rows take every size of the list. 7 and 33 blocks: kernels
+    // that take blocks in groups (ssse3: 4) have a tail.
+    const nIns = quant ? [32, 64, 32 * 7, 32 * 33, 4096] : [1, 31, 33, 4096];
     for (const nIn of nIns) {
       const rowsList = nIn === 4096 ? SIZES : [1, 31, 32, 33];
       for (const rows of rowsList) {

@@ -88,6 +88,7 @@ test("DAIRLLM_VARIANT forces a variant, and an unknown one is refused by name", 
   const run = (variant: string) =>
     Bun.spawnSync([...EXEC, process.execPath, "-e", script], { cwd: join(import.meta.dir, ".."), env: { ...process.env, DAIRLLM_VARIANT: variant } }).stdout.toString().trim();
   expect(run("scalar")).toBe("native:scalar");
+  if (nativeInfo().variants.some((v) => v.name === "ssse3" && v.supported)) expect(run("ssse3")).toBe("native:ssse3");
   expect(run("no-such-variant")).toMatch(/^error: DAIRLLM_VARIANT=no-such-variant is not a variant this CPU supports \(scalar/);
 });
 
