@@ -6,6 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
+import { openEngine } from "../src/engine";
+import { MessageType } from "../src/cluster/protocol";
 
 const ROOT = join(import.meta.dir, "..");
 const MODELS = join(import.meta.dir, "fixtures", "models");
@@ -191,6 +193,28 @@ describe("refusals and failures", () => {
       expect(w!.log()).toMatch(/bad frame: .*magic/);
       expect(w!.log()).toContain("peer speaks protocol version 1, this node speaks 2");
       expect(w!.log()).toMatch(/above the limit/);
+      expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
+  test("a step the worker cannot run (a token outside the vocabulary) is answered with an Error naming it; the worker keeps serving", async () => {
+    const model = join(MODELS, "tiny-q4_0.gguf");
+    const [w] = await workers(model, 1);
+    try {
+      const e = await openEngine(model, { threads: 1, workers: [w!.addr] });
+      try {
+        const conn = e.peers!.conns[0]!;
+        conn.send({ type: MessageType.Step, pos: 0, logits: 0, tokens: Uint32Array.of(1, 4_000_000) });
+        const r = await conn.next(5000, "the answer to a bad step");
+        expect(r.message.type).toBe(MessageType.Error);
+        if (r.message.type === MessageType.Error) expect(r.message.message).toContain("token id 4000000 is outside the vocabulary");
+      } finally {
+        e.close();
+      }
+      for (let i = 0; i < 100 && !w!.log().includes("ready for the next root"); i++) await Bun.sleep(20);
+      expect(w!.log()).toContain("token id 4000000 is outside the vocabulary");
       expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
     } finally {
       stop([w!]);
