@@ -1,7 +1,7 @@
 /*
- * dot_x86.h: x86-64 dot products for the avx2 (AVX2 + FMA + F16C), avx512 (F/BW/VL + VNNI) and ssse3
- * (x86-64-v2: SSSE3, SSE4.1/4.2, POPCNT, no AVX) variants. Included by kernels.c only; the compiler
- * flags of the variant decide what is compiled.
+ * dot_x86.h: x86-64 dot products for the avx2 (AVX2 + FMA + F16C), avx512 (F/BW/VL + VNNI), ssse3
+ * (x86-64-v2: SSSE3, SSE4.1/4.2, POPCNT, no AVX) and x86_64 (SSE2) variants. Included by kernels.c
+ * only; the compiler flags of the variant decide what is compiled.
  *
  * Q4_0 x Q8_0: the nibbles (0..15) are used as they are, unsigned (vpdpbusd with VNNI, (v)pmaddubsw
  * on AVX2 and SSSE3), and the "- 8" becomes "- 8 * sum(x)" per lane, computed once per activation block.
@@ -550,20 +550,25 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
 #endif
 }
 
-#elif defined(__SSSE3__)
+#elif defined(__SSE2__)
 #include <immintrin.h>
 
 /*
- * SSSE3 Q4_0 / Q8_0 x Q8_0 (CPUs without AVX2: Core 2 from Penryn on, Nehalem, Sandy/Ivy Bridge, AMD
- * before Excavator). The AVX2 tile with 128-bit vectors: R weight rows (R <= 4, each the head of its
- * own stream, DL_DOTR_STREAMS) x T activation rows (T <= 2), a block as two 16-byte halves, groups
- * of 4 blocks. Per row, token and block the integer dot is exact (Q4_0: pmaddubsw on the unsigned
- * nibbles and "- 8 * sum(x)"; Q8_0: the sign trick). phadd reduces a group's 4 blocks into one vector,
- * lane j = block j, which is converted and multiplied by the 4 blocks' d_w * d_x once: per block the
- * reference's (d_w * d_x) * (float)dot, summed in 4 lanes (blocks j mod 4) instead of one. Without
- * F16C the fp16 scales are converted by h2f4, bit for bit dl_h2f. The blocks after the last whole
- * group (nb mod 4) take the reference. A row's value does not depend on the rows or tokens it is
- * computed with.
+ * 128-bit Q4_0 / Q8_0 x Q8_0 for x86-64 CPUs without AVX2, in two variants: ssse3 (x86-64-v2: Core 2
+ * from Penryn on, Nehalem, Sandy/Ivy Bridge, AMD Bulldozer to Steamroller) and x86_64 (SSE2 only:
+ * AMD K8/K10, the first Core 2). The AVX2 tile with 128-bit vectors: R weight rows (R <= 4, each the
+ * head of its own stream, DL_DOTR_STREAMS) x T activation rows (T <= 2), a block as two 16-byte
+ * halves, groups of 4 blocks. Per row, token and block the integer dot is exact:
+ *   ssse3, Q4_0: pmaddubsw on the unsigned nibbles and "- 8 * sum(x)" (computed once per activation
+ *                block for all rows), kept in int16 until a group's 4 blocks are reduced;
+ *   ssse3, Q8_0: the sign trick, |w| (unsigned) times x * sign(w);
+ *   x86_64:      weights (nibble - 8, or the Q8_0 values) and activations sign-extended to int16,
+ *                pmaddwd (the activations once per group for all rows).
+ * A group's 4 block dots are reduced into one vector, lane j = block j (phadd, or a transpose on
+ * SSE2), converted and multiplied by the 4 blocks' d_w * d_x once: per block the reference's
+ * (d_w * d_x) * (float)dot, summed in 4 lanes (blocks j mod 4) instead of one. Without F16C the fp16
+ * scales are converted by h2f4, bit for bit dl_h2f. The blocks after the last whole group (nb mod 4)
+ * take the reference. A row's value does not depend on the rows or tokens it is computed with.
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
@@ -602,100 +607,122 @@ static inline __m128 scales4(const uint8_t *p, int64_t stride) {
 
 static inline float hsum128(__m128 v) {
     v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    v = _mm_add_ss(v, _mm_movehdup_ps(v));
+    v = _mm_add_ss(v, _mm_shuffle_ps(v, v, 1));
     return _mm_cvtss_f32(v);
 }
 
-/* A tile's accumulators: 4 partial sums per (row, token), zeroed, then summed into s[t * R + r]. */
-static inline __attribute__((always_inline)) void tile_zero(__m128 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+#if defined(__SSSE3__)
+/* One activation block, prepared once per group for all rows: its two halves, and for Q4_0
+ * 8 * (sum of each pair of values) in int16. */
+typedef struct { __m128i lo, hi, s8; } xblock;
+static inline __attribute__((always_inline)) xblock prep_x(const block_q8_0 *xb, const int q4) {
+    xblock p = {load128(xb->q), load128(xb->q + 16), _mm_setzero_si128()};
+    if (q4) {
+        const __m128i c8 = _mm_set1_epi8(8);
+        p.s8 = _mm_add_epi16(_mm_maddubs_epi16(c8, p.lo), _mm_maddubs_epi16(c8, p.hi));
+    }
+    return p;
+}
+/* One weight block: Q4_0 its nibbles (0..15) pairing with x's two halves; Q8_0 its values and |values|. */
+typedef struct { __m128i lo, hi, alo, ahi; } wblock;
+static inline __attribute__((always_inline)) wblock prep_w(const uint8_t *wb, const int q4) {
+    wblock p;
+    if (q4) {
+        const __m128i q = load128(wb + 2), m4 = _mm_set1_epi8(15);
+        p.lo = _mm_and_si128(q, m4), p.hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+        p.alo = p.ahi = _mm_setzero_si128();
+    } else {
+        p.lo = load128(wb + 2), p.hi = load128(wb + 18);
+        p.alo = _mm_abs_epi8(p.lo), p.ahi = _mm_abs_epi8(p.hi);
+    }
+    return p;
+}
+/* Q4_0: 8 sums of 4 products (nibble - 8) * x, |.| <= 4096, exact in int16 (the adds wrap).
+ * Q8_0: 4 int32 sums of 8 products (pmaddubsw pairs reach 32512, so no int16 sum of two). */
+static inline __attribute__((always_inline)) __m128i block_dot(const wblock *w, const xblock *x, const int q4) {
+    if (q4) return _mm_sub_epi16(_mm_add_epi16(_mm_maddubs_epi16(w->lo, x->lo), _mm_maddubs_epi16(w->hi, x->hi)), x->s8);
+    const __m128i ones = _mm_set1_epi16(1);
+    return _mm_add_epi32(_mm_madd_epi16(_mm_maddubs_epi16(w->alo, _mm_sign_epi8(x->lo, w->lo)), ones),
+                         _mm_madd_epi16(_mm_maddubs_epi16(w->ahi, _mm_sign_epi8(x->hi, w->hi)), ones));
+}
+/* The 4 blocks' dots, lane j = block j. Q4_0: two pairwise int16 adds (16 products, |.| <= 16384). */
+static inline __attribute__((always_inline)) __m128i reduce4(const __m128i d[4], const int q4) {
+    if (q4) return _mm_madd_epi16(_mm_hadd_epi16(_mm_hadd_epi16(d[0], d[1]), _mm_hadd_epi16(d[2], d[3])), _mm_set1_epi16(1));
+    return _mm_hadd_epi32(_mm_hadd_epi32(d[0], d[1]), _mm_hadd_epi32(d[2], d[3]));
+}
+#else
+static inline __m128i sext_lo(__m128i v) { return _mm_srai_epi16(_mm_unpacklo_epi8(v, v), 8); }
+static inline __m128i sext_hi(__m128i v) { return _mm_srai_epi16(_mm_unpackhi_epi8(v, v), 8); }
+/* A block's 32 values as 4 vectors of int16 (values 0..7, 8..15, 16..23, 24..31). */
+typedef struct { __m128i v[4]; } xblock, wblock;
+static inline wblock sext_block(__m128i a, __m128i b) { return (wblock){{sext_lo(a), sext_hi(a), sext_lo(b), sext_hi(b)}}; }
+static inline __attribute__((always_inline)) xblock prep_x(const block_q8_0 *xb, const int q4) {
+    (void)q4;
+    return sext_block(load128(xb->q), load128(xb->q + 16));
+}
+static inline __attribute__((always_inline)) wblock prep_w(const uint8_t *wb, const int q4) {
+    if (!q4) return sext_block(load128(wb + 2), load128(wb + 18));
+    const __m128i q = load128(wb + 2), m4 = _mm_set1_epi8(15), c8 = _mm_set1_epi8(8);
+    return sext_block(_mm_sub_epi8(_mm_and_si128(q, m4), c8), _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), m4), c8));
+}
+static inline __attribute__((always_inline)) __m128i block_dot(const wblock *w, const xblock *x, const int q4) {
+    (void)q4;
+    return _mm_add_epi32(_mm_add_epi32(_mm_madd_epi16(w->v[0], x->v[0]), _mm_madd_epi16(w->v[1], x->v[1])),
+                         _mm_add_epi32(_mm_madd_epi16(w->v[2], x->v[2]), _mm_madd_epi16(w->v[3], x->v[3])));
+}
+/* The 4 blocks' dots, lane j = block j: a 4 x 4 transpose folded into the adds. */
+static inline __attribute__((always_inline)) __m128i reduce4(const __m128i d[4], const int q4) {
+    (void)q4;
+    const __m128i a = _mm_add_epi32(_mm_unpacklo_epi32(d[0], d[1]), _mm_unpackhi_epi32(d[0], d[1]));
+    const __m128i b = _mm_add_epi32(_mm_unpacklo_epi32(d[2], d[3]), _mm_unpackhi_epi32(d[2], d[3]));
+    return _mm_add_epi32(_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b));
+}
+#endif
+
+/* s[t * R + r] = row r . token t, for Q4_0 (q4) or Q8_0 weights. */
+static inline __attribute__((always_inline)) void dotr_128(float *s, const uint8_t *w, int64_t stride, const int R,
+                                                           const block_q8_0 *x, const int T, int64_t nb, const int q4) {
+    const int64_t bb = q4 ? 18 : 34;
+    __m128 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm_setzero_ps();
-}
-static inline __attribute__((always_inline)) void tile_sums(float *s, __m128 acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        __m128 sx[DL_DOTR_TOKENS];
+        xblock xp[DL_DOTR_TOKENS][4];
+        for (int t = 0; t < T; t++) {
+            sx[t] = scales4((const uint8_t *)(x + t * nb + b), 34);
+            for (int j = 0; j < 4; j++) xp[t][j] = prep_x(x + t * nb + b + j, q4);
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride + b * bb;
+            const __m128 sw = scales4(wr, bb);
+            for (int64_t o = 0; o < 4 * bb; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
+            __m128i d[DL_DOTR_TOKENS][4];
+            for (int j = 0; j < 4; j++) {
+                const wblock wp = prep_w(wr + j * bb, q4);
+                for (int t = 0; t < T; t++) d[t][j] = block_dot(&wp, &xp[t][j], q4);
+            }
+            for (int t = 0; t < T; t++) acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(reduce4(d[t], q4))));
+        }
+    }
     for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) s[t * R + r] = hsum128(acc[r][t]);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride;
+            s[t * R + r] = hsum128(acc[r][t]);
+            if (b < nb)
+                s[t * R + r] += q4 ? dot_q4_0_ref((const block_q4_0 *)wr + b, x + t * nb + b, nb - b)
+                                   : dot_q8_0_ref((const block_q8_0 *)wr + b, x + t * nb + b, nb - b);
+        }
 }
 
-/* s[t * R + r] = row r . token t */
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
-    const __m128i m4 = _mm_set1_epi8(15), c8 = _mm_set1_epi8(8), ones = _mm_set1_epi16(1);
-    __m128 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    tile_zero(acc, R, T);
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m128 sx[DL_DOTR_TOKENS];
-        __m128i s8[DL_DOTR_TOKENS][4]; /* 8 * (sum of each pair of x's values), int16 */
-        for (int t = 0; t < T; t++) {
-            const block_q8_0 *xt = x + t * nb + b;
-            sx[t] = scales4((const uint8_t *)xt, 34);
-            for (int j = 0; j < 4; j++)
-                s8[t][j] = _mm_add_epi16(_mm_maddubs_epi16(c8, load128(xt[j].q)), _mm_maddubs_epi16(c8, load128(xt[j].q + 16)));
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * stride + b * 18;
-            const __m128 sw = scales4(wr, 18);
-            _mm_prefetch((const char *)wr + DL_AHEAD, _MM_HINT_T0);
-            _mm_prefetch((const char *)wr + DL_AHEAD + 64, _MM_HINT_T0);
-            __m128i d[DL_DOTR_TOKENS][4];
-            for (int j = 0; j < 4; j++) {
-                const __m128i q = load128(wr + j * 18 + 2);
-                const __m128i lo = _mm_and_si128(q, m4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
-                for (int t = 0; t < T; t++) {
-                    const block_q8_0 *xb = x + t * nb + b + j;
-                    /* sum of 4 products (nibble - 8) * x: |.| <= 4096, exact in int16 (the adds wrap) */
-                    d[t][j] = _mm_sub_epi16(_mm_add_epi16(_mm_maddubs_epi16(lo, load128(xb->q)), _mm_maddubs_epi16(hi, load128(xb->q + 16))),
-                                            s8[t][j]);
-                }
-            }
-            for (int t = 0; t < T; t++) {
-                /* two pairwise adds: 16 products per int16 (|.| <= 16384), then the block's two halves */
-                const __m128i v = _mm_madd_epi16(_mm_hadd_epi16(_mm_hadd_epi16(d[t][0], d[t][1]), _mm_hadd_epi16(d[t][2], d[t][3])), ones);
-                acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(v)));
-            }
-        }
-    }
-    tile_sums(s, acc, R, T);
-    if (b < nb)
-        for (int t = 0; t < T; t++)
-            for (int r = 0; r < R; r++) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * stride) + b, x + t * nb + b, nb - b);
+    dotr_128(s, w, stride, R, x, T, nb, 1);
 }
-
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
-    const __m128i ones = _mm_set1_epi16(1);
-    __m128 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    tile_zero(acc, R, T);
-    int64_t b = 0;
-    for (; b + 4 <= nb; b += 4) {
-        __m128 sx[DL_DOTR_TOKENS];
-        for (int t = 0; t < T; t++) sx[t] = scales4((const uint8_t *)(x + t * nb + b), 34);
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * stride + b * 34;
-            const __m128 sw = scales4(wr, 34);
-            for (int o = 0; o < 4 * 34; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
-            __m128i d[DL_DOTR_TOKENS][4];
-            for (int j = 0; j < 4; j++) {
-                const __m128i ql = load128(wr + j * 34 + 2), qh = load128(wr + j * 34 + 18);
-                const __m128i al = _mm_abs_epi8(ql), ah = _mm_abs_epi8(qh);
-                for (int t = 0; t < T; t++) {
-                    const block_q8_0 *xb = x + t * nb + b + j;
-                    /* |w| * (x * sign(w)): two products per int16 (|.| <= 32512), then int32 */
-                    const __m128i pl = _mm_maddubs_epi16(al, _mm_sign_epi8(load128(xb->q), ql));
-                    const __m128i ph = _mm_maddubs_epi16(ah, _mm_sign_epi8(load128(xb->q + 16), qh));
-                    d[t][j] = _mm_add_epi32(_mm_madd_epi16(pl, ones), _mm_madd_epi16(ph, ones));
-                }
-            }
-            for (int t = 0; t < T; t++) {
-                const __m128i v = _mm_hadd_epi32(_mm_hadd_epi32(d[t][0], d[t][1]), _mm_hadd_epi32(d[t][2], d[t][3]));
-                acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(v)));
-            }
-        }
-    }
-    tile_sums(s, acc, R, T);
-    if (b < nb)
-        for (int t = 0; t < T; t++)
-            for (int r = 0; r < R; r++) s[t * R + r] += dot_q8_0_ref((const block_q8_0 *)(w + r * stride) + b, x + t * nb + b, nb - b);
+    dotr_128(s, w, stride, R, x, T, nb, 0);
 }
 
 #endif
