@@ -451,9 +451,10 @@ test("fuzz: truncated and mutated fixtures give a clean load or a clean GGUFErro
   expect(stats.loads).toBeGreaterThan(0);
   expect(stats.errors).toBeGreaterThan(0);
   expect(stats.loads + stats.errors).toBe(stats.cases);
-  expect(stats.slowestMs).toBeLessThan(1000); // no single file takes long: nothing quadratic, no hang
-  expect(ms).toBeLessThan(15_000); // the budget (8 s measured on a busy 2-core machine)
-}, 20_000);
+  // no single file takes long: nothing quadratic, no hang (the total is printed, not asserted: on a
+  // shared CI machine it moved from 8 to 17 s with the neighbours' load)
+  expect(stats.slowestMs).toBeLessThan(1000);
+}, 60_000);
 
 // ---------------------------------------------------------------------------------------------
 // 3. Hand-made hostile files
