@@ -216,11 +216,11 @@ static void *worker_main(void *p) {
     }
 }
 
-/* Runs fn(arg, part, n_parts) for every part in [0, n_parts) on the pool and the calling thread. */
-static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t n_parts) {
-    if (n_parts > ctx->n_threads) n_parts = ctx->n_threads;
-    if (n_parts <= 1) {
-        fn(arg, 0, 1);
+/* Runs fn(arg, part, n_parts) for every part in [0, n_parts) on the pool and the calling thread; the
+ * threads claim parts one at a time, so with more parts than threads a faster thread takes more. */
+static void pool_run_parts(dl_ctx *ctx, task_fn fn, void *arg, int64_t n_parts) {
+    if (n_parts <= 1 || ctx->n_threads <= 1) {
+        for (int64_t i = 0; i < n_parts; i++) fn(arg, i, n_parts);
         return;
     }
     ctx->fn = fn;
@@ -240,6 +240,12 @@ static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t n_parts) {
         if (++spins < DL_SPIN) cpu_relax();
         else sched_yield();
     }
+}
+
+/* One part per thread (at most n_parts threads). */
+static void pool_run(dl_ctx *ctx, task_fn fn, void *arg, int64_t n_parts) {
+    if (n_parts > ctx->n_threads) n_parts = ctx->n_threads;
+    pool_run_parts(ctx, fn, arg, n_parts);
 }
 
 dl_ctx *dl_ctx_create(int n_threads, int variant) {
@@ -355,6 +361,20 @@ typedef struct {
     const void *packed; /* the tokens packed by pack_q8_0, or NULL */
 } matmul_task;
 
+/*
+ * Parts of a matmul over `rows` rows when `nth` threads are worth using: up to 4 per thread, each at
+ * least DL_MATMUL_PART_ROWS rows long. Threads claim parts as they finish, so two threads of unequal
+ * speed (SMT siblings, a preempted vCPU) finish together instead of the faster one waiting; a part's
+ * rows are still read as long sequential streams. A row's value does not depend on its part.
+ */
+#define DL_MATMUL_PART_ROWS 64
+static int64_t matmul_parts(int64_t nth, int64_t rows) {
+    if (nth <= 1) return 1;
+    int64_t parts = rows / DL_MATMUL_PART_ROWS;
+    if (parts > 4 * nth) parts = 4 * nth;
+    return parts < nth ? nth : parts;
+}
+
 static void matmul_part(void *p, int64_t ith, int64_t nth) {
     const matmul_task *t = (const matmul_task *)p;
     int64_t a, b;
@@ -408,12 +428,12 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
             pack_task pk = {ctx->k, (uint8_t *)ctx->scratch, xt, nb, nt};
             pool_run(ctx, pack_part, &pk, threads_for(ctx, nt, nt * n_in));
             matmul_task t = {ctx->k, out + t0 * ldo, ldo, w, ldw, wtype, xt, n_in, r0, r1, nt, ctx->scratch};
-            pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt));
+            pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt), r1 - r0));
         }
         return DL_OK;
     }
     matmul_task t = {ctx->k, out, ldo, w, ldw, wtype, x, n_in, r0, r1, n_tok, NULL};
-    pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok));
+    pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok), r1 - r0));
     return DL_OK;
 }
 
