@@ -315,34 +315,61 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
 }
 
 /* Online softmax over positions (no score buffer): running max m, running sum l, acc = sum p * v. */
+/* Keys scored per step of the attention's online softmax (a stack array: kernels allocate nothing). */
+#define DL_ATTN_CHUNK 64
+
+/*
+ * Attention of one query head over n_kv positions: softmax(q . K^T * scale) . V, online over chunks of
+ * DL_ATTN_CHUNK keys. Per chunk: the scores, their maximum (the running sums are rescaled when it
+ * grows), e^(s - max) for the whole chunk with dl_vexpf (vectorised, no libm call per key), then
+ * out += e_j * v_j key by key. The sums run in the same order in every variant.
+ */
 static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
                         int64_t head_dim, int64_t kv_stride, float scale) {
-    float m = -INFINITY, l = 0.0f;
+    float m = -INFINITY, l = 0.0f, s[DL_ATTN_CHUNK];
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
-    for (int64_t p = 0; p < n_kv; p++) {
-        float s;
-        if (kv_type == DL_TYPE_F16) {
-            const uint16_t *kp = (const uint16_t *)k + p * kv_stride;
-            s = 0.0f;
-            for (int64_t d = 0; d < head_dim; d++) s += q[d] * dl_h2f(kp[d]);
-        } else {
-            s = dot_f32(q, (const float *)k + p * kv_stride, head_dim);
+    for (int64_t p0 = 0; p0 < n_kv; p0 += DL_ATTN_CHUNK) {
+        const int64_t n = n_kv - p0 < DL_ATTN_CHUNK ? n_kv - p0 : DL_ATTN_CHUNK;
+        float cm = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            float x;
+            if (kv_type == DL_TYPE_F16) {
+                const uint16_t *kp = (const uint16_t *)k + (p0 + j) * kv_stride;
+                x = 0.0f;
+                for (int64_t d = 0; d < head_dim; d++) x += q[d] * dl_h2f(kp[d]);
+            } else {
+                x = dot_f32(q, (const float *)k + (p0 + j) * kv_stride, head_dim);
+            }
+            s[j] = x * scale;
+            cm = s[j] > cm ? s[j] : cm;
         }
-        s *= scale;
-        if (s > m) {
-            const float c = expf(m - s); /* 0 on the first position (m = -inf) */
+        if (cm > m) {
+            const float c = dl_vexpf(m - cm); /* 0 on the first chunk (m = -inf) */
             for (int64_t d = 0; d < head_dim; d++) out[d] *= c;
             l *= c;
-            m = s;
+            m = cm;
         }
-        const float e = expf(s - m);
-        l += e;
-        if (kv_type == DL_TYPE_F16) {
-            const uint16_t *vp = (const uint16_t *)v + p * kv_stride;
-            for (int64_t d = 0; d < head_dim; d++) out[d] += e * dl_h2f(vp[d]);
-        } else {
-            const float *vp = (const float *)v + p * kv_stride;
-            for (int64_t d = 0; d < head_dim; d++) out[d] += e * vp[d];
+        for (int64_t j = 0; j < n; j++) s[j] = dl_vexpf(s[j] - m);
+        for (int64_t j = 0; j < n; j++) l += s[j];
+        int64_t j = 0;
+        if (kv_type != DL_TYPE_F16) {
+            /* four keys per pass over out: out is loaded and stored once per four, and the sum is
+             * (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
+            for (; j + 4 <= n; j += 4) {
+                const float e0 = s[j], e1 = s[j + 1], e2 = s[j + 2], e3 = s[j + 3];
+                const float *v0 = (const float *)v + (p0 + j) * kv_stride, *v1 = v0 + kv_stride, *v2 = v1 + kv_stride, *v3 = v2 + kv_stride;
+                for (int64_t d = 0; d < head_dim; d++) out[d] = out[d] + e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
+            }
+        }
+        for (; j < n; j++) {
+            const float e = s[j];
+            if (kv_type == DL_TYPE_F16) {
+                const uint16_t *vp = (const uint16_t *)v + (p0 + j) * kv_stride;
+                for (int64_t d = 0; d < head_dim; d++) out[d] += e * dl_h2f(vp[d]);
+            } else {
+                const float *vp = (const float *)v + (p0 + j) * kv_stride;
+                for (int64_t d = 0; d < head_dim; d++) out[d] += e * vp[d];
+            }
         }
     }
     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
