@@ -362,15 +362,17 @@ typedef struct {
 } matmul_task;
 
 /*
- * Parts of a matmul over `rows` rows when `nth` threads are worth using: up to 4 per thread, each at
- * least DL_MATMUL_PART_ROWS rows long. Threads claim parts as they finish, so two threads of unequal
- * speed (SMT siblings, a preempted vCPU) finish together instead of the faster one waiting; a part's
- * rows are still read as long sequential streams. A row's value does not depend on its part.
+ * Parts of a matrix x vector over `rows` rows of `row_bytes` when `nth` threads are worth using: up to
+ * 4 per thread, each at least DL_MATMUL_PART_BYTES of weights (its four row streams stay long enough
+ * for the hardware prefetcher). Threads claim parts as they finish, so two threads of unequal speed
+ * (SMT siblings, a preempted vCPU) finish together instead of the faster one waiting. Batches (two or
+ * more tokens: compute-bound, every part re-reads the activations) keep one part per thread. A row's
+ * value does not depend on its part.
  */
-#define DL_MATMUL_PART_ROWS 64
-static int64_t matmul_parts(int64_t nth, int64_t rows) {
-    if (nth <= 1) return 1;
-    int64_t parts = rows / DL_MATMUL_PART_ROWS;
+#define DL_MATMUL_PART_BYTES (256 * 1024)
+static int64_t matmul_parts(int64_t nth, int64_t rows, int64_t row_bytes, int64_t n_tok) {
+    if (nth <= 1 || n_tok > 1) return nth;
+    int64_t parts = rows * row_bytes / DL_MATMUL_PART_BYTES;
     if (parts > 4 * nth) parts = 4 * nth;
     return parts < nth ? nth : parts;
 }
@@ -428,12 +430,12 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
             pack_task pk = {ctx->k, (uint8_t *)ctx->scratch, xt, nb, nt};
             pool_run(ctx, pack_part, &pk, threads_for(ctx, nt, nt * n_in));
             matmul_task t = {ctx->k, out + t0 * ldo, ldo, w, ldw, wtype, xt, n_in, r0, r1, nt, ctx->scratch};
-            pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt), r1 - r0));
+            pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt));
         }
         return DL_OK;
     }
     matmul_task t = {ctx->k, out, ldo, w, ldw, wtype, x, n_in, r0, r1, n_tok, NULL};
-    pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok), r1 - r0));
+    pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * n_tok), r1 - r0, row_bytes, n_tok));
     return DL_OK;
 }
 
