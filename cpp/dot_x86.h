@@ -6,6 +6,14 @@
  * Q4_0 x Q8_0: the nibbles (0..15) are used as they are, unsigned (vpdpbusd with VNNI, (v)pmaddubsw
  * on AVX2 and SSSE3), and the "- 8" becomes "- 8 * sum(x)" per lane, computed once per activation block.
  */
+
+/* An fp16 scale at an address of any alignment (a block's d). */
+static inline __attribute__((unused)) uint16_t load_u16(const uint8_t *p) {
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return v;
+}
+
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
@@ -380,12 +388,6 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
 #define DL_DOTR_STREAMS 1
 #define DL_AHEAD 512
 
-static inline uint16_t load_u16(const uint8_t *p) {
-    uint16_t v;
-    __builtin_memcpy(&v, p, 2);
-    return v;
-}
-
 /* The fp16 values at p, p + stride, ..., p + 7 * stride, as 8 floats (word inserts from memory:
  * measured 20 % faster per block than assembling them in general-purpose registers). */
 static inline __m256 scales8(const uint8_t *p, int64_t stride) {
@@ -575,12 +577,6 @@ static uint64_t k_read_sum(const void *buf, int64_t bytes) {
 #define DL_DOTR_TOKENS 2
 #define DL_DOTR_STREAMS 1
 #define DL_AHEAD 512
-
-static inline uint16_t load_u16(const uint8_t *p) {
-    uint16_t v;
-    __builtin_memcpy(&v, p, 2);
-    return v;
-}
 
 static inline __m128i load128(const void *p) { return _mm_loadu_si128((const __m128i *)p); }
 
