@@ -565,7 +565,26 @@ export function writeActivationFrame(
   }
 }
 
-/** Floats back from a decoded tensor (into `out` when given). */
+/**
+ * What is wrong with a frame that should be the `type` (Partial or Result) of layer `layer`'s `ffn`
+ * (else attention) half over n rows of dim, as "message type 8 for layer 3" or "a [1, 64] tensor,
+ * expected [1, 2048]"; null when it is that frame.
+ */
+export function blockFrameProblem(
+  r: { message: Message; layer: number; flags: number },
+  type: MessageType.Partial | MessageType.Result,
+  layer: number,
+  ffn: boolean,
+  n: number,
+  dim: number,
+): string | null {
+  const m = r.message;
+  if (m.type !== type || r.layer !== layer || ((r.flags & FLAG_FEED_FORWARD) !== 0) !== ffn) return `message type ${m.type} for layer ${r.layer}`;
+  const shape = m.tensor.shape;
+  if (shape.length !== 2 || shape[0] !== n || shape[1] !== dim) return `a [${shape.join(", ")}] tensor, expected [${n}, ${dim}]`;
+  return null;
+}
+
 let roundTripScratch = new Uint8Array(0);
 
 /**
@@ -586,6 +605,7 @@ export function roundTripActivation(kernels: Kernels, x: Float32Array, shape: re
   kernels.dequantize(x, buf, type, n);
 }
 
+/** Floats back from a decoded tensor (into `out` when given). */
 export function decodeActivation(kernels: Kernels, t: WireTensor, out?: Float32Array): Float32Array {
   let n = 1;
   for (const d of t.shape) n *= d;
@@ -755,7 +775,7 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
     case MessageType.Pong:
       m = { type, time: r.u64("time") };
       break;
-    case MessageType.Step:
+    case MessageType.Step: {
       const pos = r.u32("pos"), logits = r.u32("logits"), n = r.count("tokens", 4);
       if (n < 1) throw new ProtocolError("Step.tokens", "Step: no tokens");
       if (logits > n) throw new ProtocolError("Step.logits", `Step: logits of ${logits} tokens, the step has ${n}`);
@@ -763,6 +783,7 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
       for (let i = 0; i < n; i++) tokens[i] = r.u32(`tokens[${i}]`);
       m = { type, pos, logits, tokens };
       break;
+    }
     case MessageType.Session: {
       const node = r.u32("node"), nodes = r.u32("nodes"), wire = r.u32("wire");
       if (!isWireType(wire)) throw new ProtocolError("Session.wire", `Session: wire type ${wire} is not 0 (F32), 1 (F16) or 8 (Q8_0)`);

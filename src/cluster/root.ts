@@ -4,7 +4,7 @@
 // nonsense stops the root with a message naming it.
 import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
-import { Phase, type Peers, type RowRange } from "../model/llama";
+import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
@@ -15,6 +15,7 @@ import { type Counters, countersFromStats, Op, type Profiler } from "../profile/
 import { hmac, md5FromHex } from "./worker";
 import {
   ALL_CAPABILITIES,
+  blockFrameProblem,
   Capability,
   decodeActivation,
   DEFAULT_MAX_PAYLOAD,
@@ -218,13 +219,8 @@ export class ClusterPeers implements Peers {
       const r = results[i]!, conn = this.conns[i]!;
       const m = r.message;
       if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
-      const ffn = (r.flags & FLAG_FEED_FORWARD) !== 0;
-      if (m.type !== MessageType.Result || r.layer !== layer || ffn !== (phase === Phase.FeedForward)) {
-        throw new Error(`${conn.peer} answered ${what} with message type ${m.type} for layer ${r.layer}`);
-      }
-      if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== this.c.dim) {
-        throw new Error(`${conn.peer} answered ${what} with a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
-      }
+      const problem = blockFrameProblem(r, MessageType.Result, layer, phase === Phase.FeedForward, n, this.c.dim);
+      if (problem || m.type !== MessageType.Result) throw new Error(`${conn.peer} answered ${what} with ${problem}`);
       this.stats.bytesIn += HEADER_SIZE + tensorMetaBytes(m.tensor.shape.length) + m.tensor.data.length;
       if (p) t = p.start();
       decodeActivation(this.k, m.tensor, this.tmp);
@@ -250,7 +246,7 @@ export class ClusterPeers implements Peers {
     if (p) p.stop(Op.NetworkSend, t);
   }
 
-  logitRows(): readonly RowRange[] | null {
+  logitRows(): readonly Range[] | null {
     return this.splitLogits ? this.localLogitRows : null;
   }
 

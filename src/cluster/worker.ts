@@ -5,7 +5,7 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile } from "../model/gguf";
-import { type KVCache, LlamaModel, loadWeights, type Peers, Phase, type RowRange } from "../model/llama";
+import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
@@ -18,6 +18,7 @@ import type { ModelConfig } from "../model/config";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
   ALL_CAPABILITIES,
+  blockFrameProblem,
   Capability,
   decodeActivation,
   ErrorCode,
@@ -154,15 +155,15 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         return streamed!.close();
       };
     }
-    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, o.idleTimeoutMs ?? 24 * 3600_000, o.spinner === undefined ? spinner : o.spinner);
+    const idle = o.idleTimeoutMs ?? 24 * 3600_000;
+    const spin = o.spinner === undefined ? spinner : o.spinner;
+    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, idle, spin);
     const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
     session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType) };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
     // ---- steps
-    const idle = o.idleTimeoutMs ?? 24 * 3600_000;
-    const spin = o.spinner === undefined ? spinner : o.spinner;
     let answered = false; // a step just ended: the root's next Step is due within a token's time
     for (;;) {
       const r = await conn.next(idle, "the next step", answered ? spin : null);
@@ -279,12 +280,8 @@ class RootLink implements Peers {
     const m = r.message;
     if (m.type === MessageType.Bye) throw new Error(`${conn.peer} ended the session in the middle of a step`);
     if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
-    if (m.type !== MessageType.Partial || r.layer !== layer || ((r.flags & FLAG_FEED_FORWARD) !== 0) !== ffn) {
-      throw refuse(conn, ErrorCode.BadPlan, `expected the root's partial of ${what}, got ${messageTypeName(m.type)} for layer ${r.layer}`);
-    }
-    if (m.tensor.shape.length !== 2 || m.tensor.shape[0] !== n || m.tensor.shape[1] !== this.c.dim) {
-      throw refuse(conn, ErrorCode.BadPlan, `the root's partial of ${what} is a [${m.tensor.shape.join(", ")}] tensor, expected [${n}, ${this.c.dim}]`);
-    }
+    const problem = blockFrameProblem(r, MessageType.Partial, layer, ffn, n, this.c.dim);
+    if (problem || m.type !== MessageType.Partial) throw refuse(conn, ErrorCode.BadPlan, `${conn.peer} answered ${what} with ${problem}`);
     t = p ? p.start() : 0;
     if (this.exchange) {
       if (this.tmp.length < size) this.tmp = new Float32Array(size);
@@ -298,7 +295,7 @@ class RootLink implements Peers {
     }
   }
 
-  logitRows(): readonly RowRange[] | null {
+  logitRows(): readonly Range[] | null {
     return this.logits && this.rows ? [this.rows] : [];
   }
 

@@ -6,6 +6,7 @@ import type { ModelConfig } from "./config";
 import { GGUFError, type GGUFFile, ggmlTypeName } from "./gguf";
 import { Op, type Profiler } from "../profile/profiler";
 import type { StreamedWeights } from "./streamed";
+import type { Range } from "../cluster/partition";
 
 /** A weight matrix: nOut rows of nIn values, in one of the matmul types; `data` is a view of the file. */
 export interface Matrix {
@@ -408,12 +409,6 @@ export const enum Phase {
   FeedForward = 1,
 }
 
-/** Rows [start, end) of the output projection (the vocabulary). */
-export interface RowRange {
-  readonly start: number;
-  readonly end: number;
-}
-
 /**
  * The other nodes of a cluster, from one node's side (the root's, src/cluster/root.ts, or a
  * worker's, src/cluster/worker.ts). Every node runs forward() over its own copy of the residual
@@ -429,7 +424,7 @@ export interface Peers {
    *  nodes, the same to the bit on every node. */
   reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void>;
   /** The rows of the logits this node computes in this step, or null when it computes all of them. */
-  logitRows(): readonly RowRange[] | null;
+  logitRows(): readonly Range[] | null;
   /** After this node computed its rows into `logits` (n rows of the vocabulary): the root copies in
    *  the other nodes' rows, a worker sends its own. */
   finishLogits(logits: Float32Array, n: number): Promise<void>;
@@ -506,33 +501,26 @@ export class LlamaModel {
     }
 
     const out = w.output, p = this.prof;
+    // in a cluster, the rows of the logits this node computes (null: all of them); a worker without
+    // rows computes nothing
     const shared = peers ? peers.logitRows() : null;
-    if (shared) {
-      // a cluster's logits: each node its rows (a worker returns an empty array when it has none)
-      if (shared.length === 0) {
-        await peers!.finishLogits(new Float32Array(0), count);
-        return new Float32Array(0);
-      }
-      k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
-      const input = this.act.set(h, count * c.dim).as(out.type);
-      const logits = new Float32Array(count * c.vocabSize);
-      const t = p ? p.start() : 0;
-      let bytes = 0;
-      for (const r of shared) {
-        k.matmul(logits.subarray(r.start), c.vocabSize, out.data, out.type, input, out.nIn, r.start, r.end, count);
-        bytes += (r.end - r.start) * typeBytes(out.type, out.nIn);
-      }
-      if (p) p.stop(Op.Logits, t, bytes);
-      await peers!.finishLogits(logits, count);
-      return logits;
+    if (shared?.length === 0) {
+      await peers!.finishLogits(new Float32Array(0), count);
+      return new Float32Array(0);
     }
     k.rmsnorm(h, x.subarray(first * c.dim), w.outputNorm, c.dim, count, c.rmsEps);
     const logits = new Float32Array(count * c.vocabSize);
     const input = this.act.set(h, count * c.dim).as(out.type);
-    if (!this.streamed) {
+    if (shared || !this.streamed) {
       const t = p ? p.start() : 0;
-      k.matmul(logits, out.nOut, out.data, out.type, input, out.nIn, 0, out.nOut, count);
-      if (p) p.stop(Op.Logits, t, out.nOut * typeBytes(out.type, out.nIn));
+      let bytes = 0;
+      for (const r of shared ?? [{ start: 0, end: out.nOut }]) {
+        k.matmul(logits.subarray(r.start), c.vocabSize, out.data, out.type, input, out.nIn, r.start, r.end, count);
+        bytes += (r.end - r.start) * typeBytes(out.type, out.nIn);
+      }
+      if (p) p.stop(Op.Logits, t, bytes);
+      // the other nodes' rows come in (root), or this node's go out (worker)
+      if (shared) await peers!.finishLogits(logits, count);
       return logits;
     }
     // streamed: the output matrix in row chunks, as they arrive from disk
