@@ -369,14 +369,15 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
 
 #if !DL_X86_AVX512
 /*
- * AVX2 Q4_0 / Q8_0 x Q8_0: a tile of R weight rows (R <= 4) and T activation rows (T <= 2), one
- * block (32 values) per 256-bit step. Each activation block is loaded once for all rows, each weight
- * block once for all tokens. Per row, token and block the integer dot is exact:
+ * AVX2 Q4_0 / Q8_0 x Q8_0: a tile of R weight rows (R <= 4) and T activation rows (T <= 2). Each
+ * activation block is loaded once for all rows, each weight block once for all tokens. Per row, token
+ * and block the integer dot is exact:
  *   Q4_0: vpmaddubsw takes the nibbles (0..15) as they are, unsigned, against the signed activations;
- *         "- 8" becomes "- 8 * sum(x)" per 4-byte lane, computed once per activation block for all rows.
- *   Q8_0: the sign trick, |w| (unsigned) times x * sign(w).
- * The fp16 scales of 8 blocks are gathered into one vector per row and per token, converted together,
- * multiplied, and broadcast from the stack per block: no per-block scalar conversion.
+ *         "- 8" becomes "- 8 * sum(x)" per lane, computed once per activation block for all rows. Two
+ *         blocks per 256-bit step (dotr_q4_0 below).
+ *   Q8_0: the sign trick, |w| (unsigned) times x * sign(w); one block per 256-bit step.
+ * The fp16 scales of 8 blocks are gathered into one vector per row and per token, converted together
+ * and multiplied: no per-block scalar conversion.
  * Every (row, token) is combined in the same order whatever R and T are, so results do not depend on
  * how rows and tokens are grouped (thread count, row ranges, batch or token by token). The R rows are
  * `stride` bytes apart, each the head of its own sequential stream (DL_DOTR_STREAMS, kernels.c); each
@@ -433,30 +434,88 @@ static inline __attribute__((always_inline)) void tile_sums(float *s, __m256 acc
         for (int r = 0; r < R; r++) s[t * R + r] = hsum256(acc[r][t]);
 }
 
-/* s[t * R + r] = row r . token t */
+/* The fp16 scales of 8 consecutive Q4_0 blocks (144 bytes at p) as floats. Block k's scale is word k
+ * of the 16 bytes at p + 16k (18k = 16k + 2k): four 32-byte loads and word blends gather them, with
+ * no per-block insert (measured 0.1 ns per block faster than scales8 on Zen 3). */
+static inline __m256 q4_scales8(const uint8_t *p) {
+    const __m256i a = load256(p), b = load256(p + 32), c = load256(p + 64), d = load256(p + 96);
+    /* 128-bit lane 0: words 0, 2, 4, 6 in place; lane 1: words 1, 3, 5, 7 */
+    const __m256i e = _mm256_blend_epi16(_mm256_blend_epi16(a, b, 0x0C), _mm256_blend_epi16(c, d, 0xC0), 0xF0);
+    return _mm256_cvtph_ps(_mm_blend_epi16(_mm256_castsi256_si128(e), _mm256_extracti128_si256(e, 1), 0xAA));
+}
+
+/* 16 bytes at a in the low 128 bits, 16 bytes at b in the high */
+static inline __m256i load2x16(const void *a, const void *b) {
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)), _mm_loadu_si128((const __m128i *)b), 1);
+}
+
+/*
+ * s[t * R + r] = row r . token t, Q4_0. Groups of 8 blocks are taken as 4 pairs of blocks (k, k + 4):
+ * one 256-bit register holds the 16 packed bytes of both blocks, so a single and (low nibbles: values
+ * 0..15 of both blocks) and a shift + and (values 16..31) unpack two blocks, and the activations are
+ * loaded as matching pairs. Per pair: two vpmaddubsw, one vpmaddwd, one conversion and one FMA, where
+ * one block per register needs twice as many of these multiplier-port operations (AVX2 has no integer
+ * dot product with accumulation). Lane j of the result holds 8 products of block k (j < 4) or k + 4,
+ * scaled by an in-lane broadcast of those two blocks' d_w * d_x. Blocks after the last whole group
+ * take one block per register. Every (row, token) is combined in the same order whatever R and T.
+ */
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     const __m256i m4 = _mm256_set1_epi8(15), c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4); /* high 128 bits: the high nibbles */
     __m256 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
     tile_zero(acc, R, T);
-    float sc[DL_DOTR_ROWS][DL_DOTR_TOKENS][8];
-    for (int64_t b = 0; b < nb; b += 8) {
-        const int64_t g = nb - b < 8 ? nb - b : 8;
-        tile_scales(sc, w + b * 18, stride, 18, R, x + b, T, nb, g);
-        for (int64_t j = 0; j < g; j++) {
-            __m256i qx[DL_DOTR_TOKENS], sum8[DL_DOTR_TOKENS];
+    int64_t b = 0;
+    for (; b + 8 <= nb; b += 8) {
+        __m256 sc[DL_DOTR_ROWS][DL_DOTR_TOKENS]; /* d_w * d_x of the 8 blocks */
+        __m256 sx[DL_DOTR_TOKENS];
+        for (int t = 0; t < T; t++) sx[t] = scales8((const uint8_t *)(x + t * nb + b), 34);
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride + b * 18;
+            const __m256 sw = q4_scales8(wr);
+            for (int t = 0; t < T; t++) sc[r][t] = _mm256_mul_ps(sw, sx[t]);
+            for (int64_t o = 0; o < 8 * 18; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
+        }
+#define DL_Q4_PAIR(k)                                                                                                 \
+        {                                                                                                             \
+            __m256i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], m8[DL_DOTR_TOKENS];                                    \
+            for (int t = 0; t < T; t++) {                                                                             \
+                const block_q8_0 *xb = x + t * nb + b + (k);                                                          \
+                xlo[t] = load2x16(xb[0].q, xb[4].q);                                                                  \
+                xhi[t] = load2x16(xb[0].q + 16, xb[4].q + 16);                                                        \
+                /* 8 * (sum of each 4 activations a lane of the products below covers) */                             \
+                m8[t] = _mm256_add_epi16(_mm256_maddubs_epi16(c8, xlo[t]), _mm256_maddubs_epi16(c8, xhi[t]));         \
+            }                                                                                                         \
+            for (int r = 0; r < R; r++) {                                                                             \
+                const uint8_t *qb = w + r * stride + (b + (k)) * 18 + 2;                                              \
+                const __m256i raw = load2x16(qb, qb + 4 * 18);                                                        \
+                const __m256i lo = _mm256_and_si256(raw, m4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);  \
+                for (int t = 0; t < T; t++) {                                                                         \
+                    const __m256i p = _mm256_sub_epi16(                                                               \
+                        _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo[t]), _mm256_maddubs_epi16(hi, xhi[t])), m8[t]); \
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_permute_ps(sc[r][t], (k) * 0x55),                             \
+                                                _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), acc[r][t]);           \
+                }                                                                                                     \
+            }                                                                                                         \
+        }
+        DL_Q4_PAIR(0) DL_Q4_PAIR(1) DL_Q4_PAIR(2) DL_Q4_PAIR(3)
+#undef DL_Q4_PAIR
+    }
+    /* the last nb % 8 blocks, one per register */
+    const __m256i shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4); /* high 128 bits: the high nibbles */
+    for (; b < nb; b++) {
+        __m256i qx[DL_DOTR_TOKENS], sum8[DL_DOTR_TOKENS];
+        for (int t = 0; t < T; t++) {
+            qx[t] = load256(x[t * nb + b].q);
+            sum8[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(c8, qx[t]), ones); /* 8 * (sum of each 4-byte lane) */
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wb = w + r * stride + b * 18;
+            const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(wb + 2)));
+            const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
+            const float dw = f16_scalar(load_u16(wb));
             for (int t = 0; t < T; t++) {
-                qx[t] = load256(x[t * nb + b + j].q);
-                sum8[t] = _mm256_madd_epi16(_mm256_maddubs_epi16(c8, qx[t]), ones); /* 8 * (sum of each 4-byte lane) */
-            }
-            for (int r = 0; r < R; r++) {
-                const __m256i raw = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(w + r * stride + (b + j) * 18 + 2)));
-                const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(raw, shift), m4);
-                for (int t = 0; t < T; t++) {
-                    const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, qx[t]), ones), sum8[t]);
-                    acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t][j]), _mm256_cvtepi32_ps(d), acc[r][t]);
-                }
+                const __m256i d = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(q, qx[t]), ones), sum8[t]);
+                acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * f16_scalar(x[t * nb + b].d)), _mm256_cvtepi32_ps(d), acc[r][t]);
             }
         }
     }
