@@ -6,7 +6,7 @@ import { Sampler, type SamplerOptions } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { loadKernels } from "./native/index";
 import { GGMLType, type Kernels } from "./native/types";
-import { partition } from "./cluster/partition";
+import { partition, type Slice, wholeModel } from "./cluster/partition";
 import { ClusterPeers } from "./cluster/root";
 import { fileIdentity, progressBar } from "./cluster/storage";
 import { alignmentOf, memoryBesidesWeights } from "./cluster/worker";
@@ -51,6 +51,8 @@ export interface EngineOptions {
   maxMemory?: number;
   /** O_DIRECT reads when streaming (default true) */
   directIO?: boolean;
+  /** --split: relative weights of the nodes' shares (root first), or "auto" (measured); default equal */
+  split?: number[] | "auto";
   log?: (line: string) => void;
 }
 
@@ -67,18 +69,22 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
   const ctx = typeof o.ctx === "function" ? o.ctx(config.contextLength) : (o.ctx ?? Math.min(config.contextLength, 4096));
   const prof = o.profile ? new Profiler() : null;
   const modelKernels = prof ? profiledKernels(kernels, prof) : kernels;
-  const slices = partition(config, (o.workers?.length ?? 0) + 1, alignmentOf(weights));
   const kvType = o.kv ?? GGMLType.F32;
-  // streaming: the budget is checked before any worker is contacted
-  const streamed =
+  const align = alignmentOf(weights);
+  const nodes = (o.workers?.length ?? 0) + 1;
+  // the root's slice; with --split auto it is known only once every node has measured its speed
+  let slice = o.split === "auto" ? null : partition(config, nodes, align, o.split)[0]!;
+  const openStream = (s: Slice) =>
     o.maxMemory === undefined
       ? null
-      : StreamedWeights.open(path, gguf, config, weights, slices[0]!, true, { budget: o.maxMemory, otherBytes: memoryBesidesWeights(config, slices[0]!, ctx, kvType), direct: o.directIO, log: o.log });
+      : StreamedWeights.open(path, gguf, config, weights, s, true, { budget: o.maxMemory, otherBytes: memoryBesidesWeights(config, s, ctx, kvType), direct: o.directIO, log: o.log });
+  // streaming: the budget is checked before any worker is contacted (when the split is known)
+  let streamed = slice ? openStream(slice) : null;
   let peers: ClusterPeers | null = null;
   try {
     if (o.workers?.length) {
       const identity = await fileIdentity(path, o.verifyFull ? { full: true, onProgress: progressBar("full md5") } : {});
-      peers = await ClusterPeers.connect(gguf, config, identity, slices, kernels, {
+      peers = await ClusterPeers.connect(gguf, config, identity, kernels, {
         workers: o.workers,
         secret: o.secret,
         wire: o.wire ?? GGMLType.Q8_0,
@@ -86,13 +92,20 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
         kvType,
         verifyFull: o.verifyFull,
         profiler: prof,
+        align,
+        split: o.split,
+        log: o.log,
       });
+      slice = peers.slices[0]!;
     }
+    slice ??= wholeModel(config);
+    streamed ??= openStream(slice);
   } catch (e) {
+    peers?.close();
     await streamed?.close();
     throw e;
   }
-  const model = new LlamaModel(config, weights, modelKernels, slices[0]!, peers, prof, streamed);
+  const model = new LlamaModel(config, weights, modelKernels, slice, peers, prof, streamed);
   return {
     path, gguf, config, model, tokenizer, kernels, peers, ctx, prof, streamed,
     loadSeconds: (performance.now() - t0) / 1000,

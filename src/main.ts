@@ -10,6 +10,7 @@ import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
 import { startWorker } from "./cluster/worker";
+import { MAX_SPLIT_WEIGHT } from "./cluster/partition";
 import { parseSize } from "./model/streamed";
 import { selftest } from "./selftest";
 import { formatProfile, runProfile } from "./profile/run";
@@ -36,6 +37,7 @@ const CLUSTER_FLAGS: FlagSpec[] = [
   { name: "workers", short: "w", type: "string", value: "H:P,...", help: "workers to share the model with (host:port, comma-separated); each maps its own copy of the model file" },
   { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
   { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
+  { name: "split", type: "string", value: "even|auto|W,...", help: "how big each node's share is: equal (even, default), in proportion to each node's measured speed (auto), or to relative weights, the root first (e.g. 2,1,1)" },
   { name: "verify", type: "string", value: "fast|full", help: "how nodes compare the model file: size + sampled MD5 (fast, default) or the whole file's MD5 (full)" },
   { name: "max-memory", type: "string", value: "SIZE", help: "stream this node's weights from disk through SIZE of memory (e.g. 512M, 2G) instead of mapping the file; for models larger than RAM" },
 ];
@@ -177,6 +179,7 @@ function clusterOptions(flags: ParsedFlags) {
   const verify = String(flags.verify ?? "fast");
   if (verify !== "fast" && verify !== "full") throw new UsageError(`--verify must be fast or full (got ${verify})`);
   return {
+    split: splitOption(flags.split as string | undefined, workers.length + 1),
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
     maxMemory: maxMemory(flags),
     log: (line: string) => process.stderr.write(`${line}\n`),
@@ -185,6 +188,19 @@ function clusterOptions(flags: ParsedFlags) {
     wire: wires[wire]!,
     secret: (flags.secret as string | undefined) ?? process.env.DAIRLLM_SECRET,
   };
+}
+
+/** --split: undefined (even), "auto", or one relative weight per node (whole numbers, the root first). */
+function splitOption(v: string | undefined, nodes: number): number[] | "auto" | undefined {
+  if (v === undefined || v === "even") return undefined;
+  if (v === "auto") return nodes > 1 ? "auto" : undefined;
+  const parts = v.split(",").map((x) => x.trim());
+  const weights = parts.map(Number);
+  if (parts.some((x) => !/^\d+$/.test(x)) || weights.some((w) => w < 1 || w > MAX_SPLIT_WEIGHT)) {
+    throw new UsageError(`--split must be even, auto or whole numbers from 1 to ${MAX_SPLIT_WEIGHT}, one per node, the root first (got ${v})`);
+  }
+  if (weights.length !== nodes) throw new UsageError(`--split has ${weights.length} weights for ${nodes} node(s) (the root and ${nodes - 1} worker(s)): give one per node, the root first`);
+  return weights;
 }
 
 function maxMemory(flags: ParsedFlags): number | undefined {

@@ -34,6 +34,9 @@ describe("usage", () => {
       [["-m", "x.gguf"], /nothing to do/],
       [["frobnicate"], /unknown command "frobnicate"/],
       [["logits", "--model", "x.gguf", "--tokens", "1,a", "--out", "/tmp/x"], /--tokens: "a" is not a token id/],
+      [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "1,0"], /--split must be even, auto or whole numbers from 1 to 1000000, one per node, the root first \(got 1,0\)/],
+      [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "fast"], /--split must be even, auto or whole numbers/],
+      [["--root", "-m", "x.gguf", "-p", "hi", "--split", "2,1"], /--split has 2 weights for 1 node\(s\) \(the root and 0 worker\(s\)\)/],
     ];
     for (const [args, msg] of cases) {
       const r = cli(...args);

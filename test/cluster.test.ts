@@ -110,6 +110,38 @@ describe("same results as one node", () => {
     }, 60_000);
   }
 
+  test("nodes of unequal speed: --split 3,1,2 and --split auto give one node's text, the shares follow the weights", async () => {
+    const model = join(MODELS, "mini-q4_0.gguf"); // 4 KV heads, 22 feed-forward blocks
+    const ref = await Bun.file(join(MODELS, "mini-q4_0.ref.json")).json();
+    const ws = await workers(model, 2);
+    try {
+      const list = ws.map((w) => w.addr).join(",");
+      const single = await logitsOf(model, ref.tokens);
+      expect(maxDiff(await logitsOf(model, ref.tokens, "--workers", list, "--wire", "f32", "--split", "1,3,2"), single)).toBeLessThan(1e-4);
+      const args = ["--root", "-m", model, "-p", ref.greedy.prompt_text, "-n", "32", "--temp", "0"];
+      const one = root(...args);
+      expect(one.code).toBe(0);
+      const weighted = root(...args, "--workers", list, "--wire", "f32", "--split", "3,1,2");
+      expect(weighted.code).toBe(0);
+      expect(weighted.out).toBe(one.out);
+      // 3 : 1 : 2 of 4 KV heads is 2, 1, 1; of 22 blocks of 32 feed-forward rows 11, 4, 7
+      const share = /serving .* as node (\d) of 3 \(KV heads (\d+)\.\.(\d+), feed-forward (\d+)\.\.(\d+)/g;
+      for (let i = 0; i < 100 && [...ws[1]!.log().matchAll(share)].length < 2; i++) await Bun.sleep(20);
+      expect([...ws[0]!.log().matchAll(share)].at(-1)!.slice(1).map(Number)).toEqual([1, 2, 2, 352, 479]);
+      expect([...ws[1]!.log().matchAll(share)].at(-1)!.slice(1).map(Number)).toEqual([2, 3, 3, 480, 703]);
+      const auto = root(...args, "--workers", list, "--wire", "f32", "--split", "auto");
+      expect(auto.code).toBe(0);
+      expect(auto.out).toBe(one.out);
+      expect(auto.err).toMatch(/split by measured Q4_0 matrix x vector speed: root \d+ MB\/s, worker \S+ \d+ MB\/s, worker \S+ \d+ MB\/s/);
+      for (const w of ws) {
+        for (let i = 0; i < 100 && !/Q4_0 matrix x vector at \d+ MB\/s/.test(w.log()); i++) await Bun.sleep(20);
+        expect(w.log()).toMatch(/Q4_0 matrix x vector at \d+ MB\/s with 1 thread\(s\)/);
+      }
+    } finally {
+      stop(ws);
+    }
+  }, 60_000);
+
   test("a worker serves one root after another", async () => {
     const [w] = await workers(join(MODELS, "tiny-f32.gguf"), 1);
     try {
@@ -188,10 +220,10 @@ describe("refusals and failures", () => {
       };
       await send(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
       await send(header(1, 1, 0)); // a root of protocol version 1
-      await send(header(2, 7, 0x7fffffff));
+      await send(header(3, 7, 0x7fffffff));
       await Bun.sleep(100);
       expect(w!.log()).toMatch(/bad frame: .*magic/);
-      expect(w!.log()).toContain("peer speaks protocol version 1, this node speaks 2");
+      expect(w!.log()).toContain("peer speaks protocol version 1, this node speaks 3");
       expect(w!.log()).toMatch(/above the limit/);
       expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
     } finally {

@@ -1,7 +1,8 @@
 import { expect, test } from "bun:test";
 import type { ModelConfig } from "../src/model/config";
 import { join } from "node:path";
-import { partition, splitVocab } from "../src/cluster/partition";
+import { partition, splitRange, splitVocab, splitWeighted } from "../src/cluster/partition";
+import { mulberry32 } from "../src/model/sampler";
 import { outputTensorName, sliceOffsets } from "../src/cluster/plan";
 import { readConfig } from "../src/model/config";
 import { GGUFFile } from "../src/model/gguf";
@@ -73,4 +74,46 @@ test("a plan with the logits ends with the first of the node's output rows", () 
     expect(last.tensor).toBe([...g.tensors.keys()].indexOf(name_));
     expect(last.offset).toBe(t.offset + rows.start * typeBytes(t.type, t.dims[0]!));
   }
+});
+
+test("weighted shares: in proportion, contiguous, at least one unit each; equal weights are the even split", () => {
+  expect(splitWeighted(100, [3, 1])).toEqual([{ start: 0, end: 75 }, { start: 75, end: 100 }]);
+  expect(splitWeighted(10, [1, 1, 1])).toEqual([0, 1, 2].map((i) => splitRange(10, 3, i)));
+  expect(splitWeighted(10, [7, 7, 7])).toEqual([0, 1, 2].map((i) => splitRange(10, 3, i)));
+  // a tiny weight still gets one unit (the KV heads of a slow node)
+  expect(splitWeighted(4, [1000, 1, 1]).map((r) => r.end - r.start)).toEqual([2, 1, 1]);
+  const rnd = mulberry32(5);
+  for (let t = 0; t < 500; t++) {
+    const k = 1 + Math.floor(rnd() * 6), n = k + Math.floor(rnd() * 3000);
+    const w = Array.from({ length: k }, () => 1 + Math.floor(rnd() * (rnd() < 0.5 ? 10 : 100000)));
+    const r = splitWeighted(n, w);
+    const total = w.reduce((a, b) => a + b, 0);
+    expect(r[0]!.start).toBe(0);
+    expect(r[k - 1]!.end).toBe(n);
+    for (let i = 0; i < k; i++) {
+      if (i > 0) expect(r[i]!.start).toBe(r[i - 1]!.end);
+      const size = r[i]!.end - r[i]!.start;
+      expect(size).toBeGreaterThanOrEqual(1);
+      // within one unit of the exact share, except where the minimum of one took from it
+      if ((w[i]! * n) / total >= 1) expect(Math.abs(size - (w[i]! * n) / total)).toBeLessThan(k + 1);
+    }
+  }
+});
+
+test("a weighted partition: feed-forward, KV heads and logits rows follow the weights; bad weights are refused", () => {
+  const c = { ...cfg(32, 8, 64, 5632), vocabSize: 32000 } as ModelConfig;
+  const s = partition(c, 3, 32, [2, 1, 1]);
+  expect(s.map((x) => x.ffn.end - x.ffn.start)).toEqual([2816, 1408, 1408]);
+  expect(s.map((x) => x.kvHeads.end - x.kvHeads.start)).toEqual([4, 2, 2]);
+  expect(s.map((x) => x.heads.end - x.heads.start)).toEqual([16, 8, 8]);
+  expect(splitVocab(32000, 3, [2, 1, 1]).map((r) => r.end - r.start)).toEqual([16000, 8000, 8000]);
+  // even weights give the unweighted partition exactly
+  expect(partition(c, 3, 32, [5, 5, 5])).toEqual(partition(c, 3, 32));
+  expect(() => partition(c, 3, 32, [1, 2])).toThrow("2 split weights for 3 nodes");
+  expect(() => partition(c, 2, 32, [1, 0])).toThrow(/split weight 0 must be a whole number from 1/);
+  expect(() => partition(c, 2, 32, [1, 1.5])).toThrow(/split weight 1.5/);
+  // more nodes than KV heads: the heads stay even, the feed-forward follows the weights
+  const m = partition(cfg(6, 2, 64, 1024), 3, 32, [2, 1, 1]);
+  expect(m.map((x) => x.heads.end - x.heads.start)).toEqual([2, 2, 2]);
+  expect(m.map((x) => x.ffn.end - x.ffn.start)).toEqual([512, 256, 256]);
 });

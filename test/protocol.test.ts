@@ -37,6 +37,10 @@ import {
 import { GGMLType } from "../src/native/types";
 import { createTsKernels } from "../src/native/ts-kernels";
 import { mulberry32 } from "../src/model/sampler";
+import { MAX_SPLIT_WEIGHT } from "../src/cluster/partition";
+
+/** A u32 as little-endian hex bytes. */
+const hex32 = (v: number) => Array.from(new Uint8Array(Uint32Array.of(v).buffer), (b) => b.toString(16).padStart(2, "0")).join(" ");
 
 const kernels = createTsKernels();
 
@@ -129,11 +133,11 @@ interface Golden {
 const GOLDEN: Golden[] = [
   {
     name: "Hello",
-    msg: { type: MessageType.Hello, version: 2, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.Hello, version: 3, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 1 },
     bytes: `
-      44 4c 4c 4d  02 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
-      02 00                                   # version 2
+      44 4c 4c 4d  03 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
+      03 00                                   # version 3
       07 00 00 00                             # capabilities q8_0 | f16 | f32
       02 00 00 00  77 31                      # name "w1"
       06 00 00 00  6d 2e 67 67 75 66          # path "m.gguf"
@@ -142,11 +146,11 @@ const GOLDEN: Golden[] = [
   },
   {
     name: "HelloAck",
-    msg: { type: MessageType.HelloAck, version: 2, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 3, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  02 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      02 00  05 00 00 00                      # version 2, capabilities q8_0 | f32
+      44 4c 4c 4d  03 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      03 00  05 00 00 00                      # version 3, capabilities q8_0 | f32
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
@@ -164,7 +168,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  02 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
+      44 4c 4c 4d  03 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
       a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af   # nonce
       02 00 00 00                                       # 2 ranges
       00 00 00 00 01 00 00 00  00 10 00 00              # offset 2^32, length 4096
@@ -175,7 +179,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.ChallengeResponse, digest: hex("ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00") },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  02 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
+      44 4c 4c 4d  03 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
       ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00`,
   },
   {
@@ -190,7 +194,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  02 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
+      44 4c 4c 4d  03 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
       02 00 00 00  02 00 00 00  03 00 00 00             # layers [2, 3]
       02 00 00 00                                       # 2 offset entries
       05 00 00 00  00 10 00 00 00 00 00 00              # tensor 5 at 0x1000
@@ -201,7 +205,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.PlanAck, layers: [2, 3] },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  02 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
+      44 4c 4c 4d  03 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
       02 00 00 00  02 00 00 00  03 00 00 00`,
   },
   {
@@ -209,7 +213,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Partial, tensor: { shape: [1, 2], type: GGMLType.F32, data: hex("00 00 80 3f  00 00 00 c0") } },
     head: { seq: 5, layer: 2 },
     bytes: `
-      44 4c 4c 4d  02 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
+      44 4c 4c 4d  03 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
       02  01 00 00 00  02 00 00 00  00 00 00 00         # 2 dims: 1 x 2, F32
       00 00 80 3f  00 00 00 c0                          # 1.0, -2.0`,
   },
@@ -218,7 +222,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Result, tensor: { shape: [2], type: GGMLType.F16, data: hex("00 3c  00 c0") } },
     head: { seq: 5, layer: 3, flags: FLAG_LAST_OF_STEP },
     bytes: `
-      44 4c 4c 4d  02 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
+      44 4c 4c 4d  03 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
       01  02 00 00 00  01 00 00 00                      # 1 dim: 2, F16
       00 3c  00 c0                                      # 1.0, -2.0`,
   },
@@ -227,7 +231,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Logits, tensor: { shape: [3], type: GGMLType.F32, data: hex("00 00 00 00  00 00 00 3f  00 00 80 bf") } },
     head: { seq: 6 },
     bytes: `
-      44 4c 4c 4d  02 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
+      44 4c 4c 4d  03 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
       01  03 00 00 00  00 00 00 00
       00 00 00 00  00 00 00 3f  00 00 80 bf             # 0, 0.5, -1`,
   },
@@ -242,7 +246,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 7 },
     bytes: `
-      44 4c 4c 4d  02 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
+      44 4c 4c 4d  03 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
       02 00 00 00
       28 00 00 00  00 2f 68 59 00 00 00 00
       00 00 01 00  05 00 00 00 01 00 00 00`,
@@ -252,17 +256,17 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Error, code: ErrorCode.ModelMismatch, message: "bad md5" },
     head: { seq: 8 },
     bytes: `
-      44 4c 4c 4d  02 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
+      44 4c 4c 4d  03 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
       03 00 00 00                                       # code 3
       07 00 00 00  62 61 64 20 6d 64 35                 # "bad md5"`,
   },
   {
     name: "HelloAck (a worker that computes its share of the logits)",
-    msg: { type: MessageType.HelloAck, version: 2, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 3, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  02 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      02 00  17 00 00 00                      # version 2, capabilities q8_0 | f16 | f32 | logits (bit 4)
+      44 4c 4c 4d  03 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      03 00  17 00 00 00                      # version 3, capabilities q8_0 | f16 | f32 | logits (bit 4)
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
@@ -270,22 +274,32 @@ const GOLDEN: Golden[] = [
   },
   {
     name: "Session (profile, logits, exchange)",
-    msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 7 },
+    msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 7, weights: [3, 1000] },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  02 00  10 00  00 00  00 00  03 00 00 00  18 00 00 00  ff ff ff ff   # type 16, length 24
+      44 4c 4c 4d  03 00  10 00  00 00  00 00  03 00 00 00  20 00 00 00  ff ff ff ff   # type 16, length 32
       01 00 00 00  02 00 00 00                # node 1 of 2
       08 00 00 00                             # wire Q8_0
       00 08 00 00                             # n_ctx 2048
       01 00 00 00                             # KV cache F16
-      07 00 00 00                             # flags: SESSION_PROFILE | SESSION_LOGITS | SESSION_EXCHANGE`,
+      07 00 00 00                             # flags: SESSION_PROFILE | SESSION_LOGITS | SESSION_EXCHANGE
+      03 00 00 00  e8 03 00 00                # weights of the shares: root 3, worker 1000`,
+  },
+  {
+    name: "Speed (a worker's answer)",
+    msg: { type: MessageType.Speed, weightType: GGMLType.Q4_0, mbPerSecond: 12345 },
+    head: { seq: 4 },
+    bytes: `
+      44 4c 4c 4d  03 00  11 00  00 00  00 00  04 00 00 00  08 00 00 00  ff ff ff ff   # type 17, length 8
+      02 00 00 00                             # weight type Q4_0
+      39 30 00 00                             # 12345 MB/s`,
   },
   {
     name: "Step (3 tokens, logits of the last)",
     msg: { type: MessageType.Step, pos: 7, logits: 1, tokens: Uint32Array.of(1, 0x1234, 31999) },
     head: { seq: 10 },
     bytes: `
-      44 4c 4c 4d  02 00  0f 00  00 00  00 00  0a 00 00 00  18 00 00 00  ff ff ff ff   # type 15, length 24
+      44 4c 4c 4d  03 00  0f 00  00 00  00 00  0a 00 00 00  18 00 00 00  ff ff ff ff   # type 15, length 24
       07 00 00 00                             # first position 7
       01 00 00 00                             # logits of the last token
       03 00 00 00                             # 3 tokens:
@@ -295,14 +309,14 @@ const GOLDEN: Golden[] = [
     name: "Bye",
     msg: { type: MessageType.Bye },
     head: { seq: 9 },
-    bytes: `44 4c 4c 4d  02 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
+    bytes: `44 4c 4c 4d  03 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
   },
   {
     name: "Ping",
     msg: { type: MessageType.Ping, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  02 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  03 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
   {
@@ -310,7 +324,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Pong, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  02 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  03 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
 ];
@@ -319,7 +333,7 @@ describe("golden bytes", () => {
   test("header constants", () => {
     expect(HEADER_SIZE).toBe(4 + 2 + 2 + 2 + 2 + 4 + 4 + 4);
     expect(Array.from(new Uint8Array(Uint32Array.of(MAGIC).buffer))).toEqual([..."DLLM"].map((c) => c.charCodeAt(0)));
-    expect(PROTOCOL_VERSION).toBe(2);
+    expect(PROTOCOL_VERSION).toBe(3);
     expect(NO_LAYER).toBe(0xffffffff);
     expect(DEFAULT_MAX_PAYLOAD).toBe(64 * 1024 * 1024);
   });
@@ -332,7 +346,7 @@ describe("golden bytes", () => {
 
   test("every message type has a golden vector", () => {
     const types = new Set(GOLDEN.map((g) => g.msg.type));
-    for (let t = MessageType.Hello; t <= MessageType.Session; t++) expect(types.has(t)).toBe(true);
+    for (let t = MessageType.Hello; t <= MessageType.Speed; t++) expect(types.has(t)).toBe(true);
   });
 
   const w = new Writer({ initialSize: 16 }); // one writer for all, growing from 16 bytes
@@ -355,7 +369,7 @@ describe("golden bytes", () => {
     const x = new Float32Array(32);
     x.set([127, -127, 0.5, 1.5, -2.5, 3]);
     const want = hex(`
-      44 4c 4c 4d  02 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
+      44 4c 4c 4d  03 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
       02  01 00 00 00  20 00 00 00  08 00 00 00         # 1 x 32, Q8_0
       00 3c                                             # d = 1.0
       7f 81 00 02 fe 03 00 00  00 00 00 00 00 00 00 00  # 127 -127 0 2 -2 3 0...
@@ -367,7 +381,7 @@ describe("golden bytes", () => {
 
   test("Q8_0 with cols not a multiple of 32 falls back to F16 and says so", () => {
     const want = hex(`
-      44 4c 4c 4d  02 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
+      44 4c 4c 4d  03 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
       02  01 00 00 00  03 00 00 00  01 00 00 00         # 1 x 3, F16
       00 3c  00 c0  00 38                               # 1, -2, 0.5`);
     const info = writeActivationFrame(w, kernels, MessageType.Partial, { seq: 11, layer: 0 }, Float32Array.of(1, -2, 0.5), [1, 3], GGMLType.Q8_0);
@@ -415,7 +429,7 @@ describe("round trips", () => {
       if (pick === 0) {
         m = {
           type: MessageType.Hello,
-          version: 2,
+          version: 3,
           capabilities: int(8),
           name: `wörker-${int(1000)}-☃`,
           model: { path: "/models/" + "x".repeat(int(200)) + ".gguf", size: u64(), sampleMd5: Uint8Array.from({ length: 16 }, () => int(256)) },
@@ -593,21 +607,23 @@ describe("ProtocolError on bad frames", () => {
   });
 
   test("wrong version, refused by name as soon as the version bytes arrive", () => {
-    // version 1 (before the residual stream lived on every node) is refused like any other
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 1 }).subarray(0, 6)), "version", "peer speaks protocol version 1, this node speaks 2");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 3 }).subarray(0, 6)), "version", "peer speaks protocol version 3, this node speaks 2");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 2");
+    // versions 1 (before the residual stream lived on every node) and 2 (before weighted shares) are
+    // refused like any other
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 1 }).subarray(0, 6)), "version", "peer speaks protocol version 1, this node speaks 3");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 2 }).subarray(0, 6)), "version", "peer speaks protocol version 2, this node speaks 3");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 4 }).subarray(0, 6)), "version", "peer speaks protocol version 4, this node speaks 3");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 3");
     // and in a Hello payload
     const hello = hex(GOLDEN[0]!.bytes).subarray(24).slice();
     hello[0] = 1;
-    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 1, this node speaks 2");
+    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 1, this node speaks 3");
   });
 
   test("nonzero reserved, reserved flag bits, unknown type", () => {
     expectProtocolError(() => new Framer().push(rawHeader({ reserved: 1 })), "reserved", "reserved is 0x0001, must be 0");
     expectProtocolError(() => new Framer().push(rawHeader({ flags: 0x8001 })), "flags", "flags 0x8001 has reserved bits set (only 0x7 are defined)");
-    expectProtocolError(() => new Framer().push(rawHeader({ type: 0 })), "type", "type 0 is not a message type (1..16)");
-    expectProtocolError(() => new Framer().push(rawHeader({ type: 17 })), "type", "type 17 is not a message type (1..16)");
+    expectProtocolError(() => new Framer().push(rawHeader({ type: 0 })), "type", "type 0 is not a message type (1..17)");
+    expectProtocolError(() => new Framer().push(rawHeader({ type: 18 })), "type", "type 18 is not a message type (1..17)");
   });
 
   test("oversized payload refused from the header alone, before buffering", () => {
@@ -697,6 +713,20 @@ describe("bounds checks against lying counts", () => {
     expectProtocolError(() => decodePayload(S, hex("00 00 00 00  01 00 00 00  01 00 00 00  05 00 00 00  06")), "Step.length", /1 trailing bytes/);
     expect(() => writeMessage(new Writer(), { type: S, pos: 0, logits: 2, tokens: Uint32Array.of(1) }, { seq: 1 })).toThrow("Step: 1 tokens, logits of 2");
     expectProtocolError(() => decodePayload(MessageType.Challenge, concat([new Uint8Array(16), hex("09 00 00 00")])), "Challenge.ranges.count", "Challenge: ranges count 9 needs 108 bytes, only 0 remain");
+  });
+
+  test("Session: one weight per node, each in 1..MAX_SPLIT_WEIGHT, and Speed", () => {
+    const head = (node: number, nodes: number) => `${hex32(node)} ${hex32(nodes)}  08 00 00 00  00 08 00 00  00 00 00 00  00 00 00 00`;
+    const Se = MessageType.Session;
+    expect(decodePayload(Se, hex(`${head(2, 3)}  01 00 00 00  02 00 00 00  03 00 00 00`))).toMatchObject({ node: 2, nodes: 3, weights: [1, 2, 3] });
+    expectProtocolError(() => decodePayload(Se, hex(`${head(0, 3)}  01 00 00 00  02 00 00 00`)), "Session.weights", "Session: 8 bytes of node weights, expected 3 x 4 for 3 nodes");
+    expectProtocolError(() => decodePayload(Se, hex(`${head(0, 2)}  01 00 00 00  02 00 00 00  03`)), "Session.weights", "Session: 9 bytes of node weights, expected 2 x 4 for 2 nodes");
+    // a node count far beyond the payload is refused without allocating for it
+    expectProtocolError(() => decodePayload(Se, hex(`${head(0, 0xffffffff)}  01 00 00 00`)), "Session.weights", "Session: 4 bytes of node weights, expected 4294967295 x 4 for 4294967295 nodes");
+    expectProtocolError(() => decodePayload(Se, hex(`${head(0, 2)}  01 00 00 00  00 00 00 00`)), "Session.weights", `Session: node 1's weight 0 is not in 1..${MAX_SPLIT_WEIGHT}`);
+    expectProtocolError(() => decodePayload(Se, hex(`${head(0, 1)}  41 42 0f 00`)), "Session.weights", `Session: node 0's weight 1000001 is not in 1..${MAX_SPLIT_WEIGHT}`);
+    expect(() => writeMessage(new Writer(), { type: Se, node: 0, nodes: 2, wire: GGMLType.F32, nCtx: 8, kvType: 0, flags: 0, weights: [1] }, { seq: 1 })).toThrow("Session: 1 weights for 2 nodes");
+    expectProtocolError(() => decodePayload(MessageType.Speed, hex("02 00 00 00  10 00")), "Speed.mb_per_second", /truncated payload/);
   });
 
   test("tensor metadata", () => {

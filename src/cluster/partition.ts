@@ -6,6 +6,11 @@
 // of Wo and Wdown are partial sums of the full result: two reductions per layer. Any node count up to
 // the number of KV heads works, with uneven shares (they differ by at most one head / one block);
 // beyond that, query heads are split and KV heads shared by two nodes are computed by both.
+//
+// Nodes of unequal speed (a Raspberry Pi 4 beside a Pi 5 or an x86 box) take shares in proportion to
+// their weights (`--split`): the KV heads (when there are at least as many as nodes), the feed-forward
+// blocks and the rows of the logits. Tensor parallelism waits for the slowest node at every
+// reduction, so equal shares would run the whole cluster at the pace of its slowest member.
 import type { ModelConfig } from "../model/config";
 
 export interface Range {
@@ -30,8 +35,52 @@ export function splitRange(n: number, nth: number, ith: number): Range {
   return { start, end: start + base + (ith < extra ? 1 : 0) };
 }
 
-/** The slices of all `nodes` nodes. `align` is the column granularity the weights need (32 for Q8_0/Q4_0). */
-export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
+/** Largest relative weight of a node (--split); weights travel as u32 in the Session message. */
+export const MAX_SPLIT_WEIGHT = 1_000_000;
+
+/** Checks relative node weights: one per node, whole numbers in 1..MAX_SPLIT_WEIGHT. */
+export function checkWeights(weights: readonly number[], nodes: number): void {
+  if (weights.length !== nodes) throw new Error(`${weights.length} split weights for ${nodes} nodes: give one per node, the root first`);
+  for (const w of weights) {
+    if (!Number.isInteger(w) || w < 1 || w > MAX_SPLIT_WEIGHT) throw new Error(`split weight ${w} must be a whole number from 1 to ${MAX_SPLIT_WEIGHT}`);
+  }
+}
+
+/**
+ * `n` items cut into contiguous shares in proportion to `weights` (largest remainder; every share gets
+ * at least one item when n >= the node count). Equal weights give exactly splitRange's shares.
+ */
+export function splitWeighted(n: number, weights: readonly number[]): Range[] {
+  const k = weights.length;
+  if (weights.every((w) => w === weights[0])) return weights.map((_, i) => splitRange(n, k, i));
+  const total = weights.reduce((a, b) => a + b, 0);
+  const exact = weights.map((w) => (w * n) / total);
+  const size = exact.map((e) => (n >= k ? Math.max(1, Math.floor(e)) : Math.floor(e)));
+  let left = n - size.reduce((a, b) => a + b, 0);
+  // the minimum of one may have handed out too many: take them back from the largest shares
+  while (left < 0) {
+    let j = -1;
+    for (let i = 0; i < k; i++) if (size[i]! > 1 && (j < 0 || size[i]! - exact[i]! > size[j]! - exact[j]!)) j = i;
+    size[j]!--;
+    left++;
+  }
+  // the rest by largest remainder, the earlier node first on ties
+  const order = Array.from({ length: k }, (_, i) => i).sort((a, b) => exact[b]! - size[b]! - (exact[a]! - size[a]!) || a - b);
+  for (let i = 0; left > 0; i = (i + 1) % k, left--) size[order[i]!]!++;
+  const out: Range[] = [];
+  let start = 0;
+  for (const sz of size) {
+    out.push({ start, end: start + sz });
+    start += sz;
+  }
+  return out;
+}
+
+/**
+ * The slices of all `nodes` nodes. `align` is the column granularity the weights need (32 for
+ * Q8_0/Q4_0); `weights` (one per node, root first; default equal) sizes the shares.
+ */
+export function partition(c: ModelConfig, nodes: number, align = 32, weights?: readonly number[]): Slice[] {
   if (!Number.isInteger(nodes) || nodes < 1) throw new Error(`node count ${nodes} must be a whole number >= 1`);
   if (nodes > c.nHeads) throw new Error(`${nodes} nodes are more than the model's ${c.nHeads} attention heads: at most ${c.nHeads} nodes can share it`);
   const group = c.nHeads / c.nKvHeads;
@@ -42,19 +91,22 @@ export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
   if (nodes > 1 && c.hiddenDim % align !== 0) {
     throw new Error(`the feed-forward size ${c.hiddenDim} is not a multiple of the ${align}-value block: this model cannot be split`);
   }
+  const w = weights ?? new Array<number>(nodes).fill(1);
+  checkWeights(w, nodes);
   const ffnBlocks = c.hiddenDim / (nodes > 1 ? align : 1);
   const unit = nodes > 1 ? align : 1;
+  const ffn = splitWeighted(ffnBlocks, w), kv = splitWeighted(c.nKvHeads, w);
   const out: Slice[] = [];
   for (let i = 0; i < nodes; i++) {
-    const f = splitRange(ffnBlocks, nodes, i);
+    const f = ffn[i]!;
     let kvHeads: Range, heads: Range;
     if (nodes <= c.nKvHeads) {
       // whole KV groups: no KV head is computed twice
-      kvHeads = splitRange(c.nKvHeads, nodes, i);
+      kvHeads = kv[i]!;
       heads = { start: kvHeads.start * group, end: kvHeads.end * group };
     } else {
-      // more nodes than KV heads: split the query heads; a KV head shared by two nodes is computed
-      // (and cached) by both
+      // more nodes than KV heads: split the query heads evenly (the weights size only the
+      // feed-forward and logits shares); a KV head shared by two nodes is computed (and cached) by both
       heads = splitRange(c.nHeads, nodes, i);
       kvHeads = { start: Math.floor(heads.start / group), end: Math.floor((heads.end - 1) / group) + 1 };
       const nh = heads.end - heads.start, nkv = kvHeads.end - kvHeads.start;
@@ -70,11 +122,15 @@ export function partition(c: ModelConfig, nodes: number, align = 32): Slice[] {
 
 /**
  * Rows of the output projection (the logits) of each of `nodes` nodes: contiguous shares of the
- * vocabulary differing by at most one row. A worker computes its share when it and the root agreed
+ * vocabulary differing by at most one row (or in proportion to `weights`). A worker computes its share when it and the root agreed
  * to (Capability.Logits, SESSION_LOGITS); the root computes its own and those of the other workers.
  */
-export function splitVocab(vocabSize: number, nodes: number): Range[] {
+export function splitVocab(vocabSize: number, nodes: number, weights?: readonly number[]): Range[] {
   if (!Number.isInteger(nodes) || nodes < 1) throw new Error(`node count ${nodes} must be a whole number >= 1`);
+  if (weights) {
+    checkWeights(weights, nodes);
+    return splitWeighted(vocabSize, weights);
+  }
   return Array.from({ length: nodes }, (_, i) => splitRange(vocabSize, nodes, i));
 }
 

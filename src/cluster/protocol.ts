@@ -25,7 +25,12 @@
 //                        over a batch of n tokens, which every node runs on its own copy of the
 //                        residual stream                                 = 12 + 4n
 //   Session              u32 node index, u32 node count, u32 wire type, u32 context size,
-//                        u32 KV cache type (GGML id), u32 flags (SESSION_*)               = 24
+//                        u32 KV cache type (GGML id), u32 flags (SESSION_*), node count x u32
+//                        relative weight of each node's share (partition.ts; 1..MAX_SPLIT_WEIGHT)
+//                                                                         = 24 + 4 nodes
+//   Speed                u32 weight type (GGML id), u32 MB/s: root to worker with 0 MB/s, a request
+//                        to time its matrix x vector kernel on that type (--split auto); the worker
+//                        answers with what it measured                   = 8
 //
 //   layer list           u32 n, n x u32 layer index                       = 4 + 4n
 //   offset index         u32 n, n x (u32 tensor id, u64 byte offset)      = 4 + 12n
@@ -38,12 +43,13 @@
 // throw a ProtocolError naming the field and the value.
 import type { Writer } from "./framer";
 import { GGMLType, type Kernels } from "../native/types";
+import { MAX_SPLIT_WEIGHT } from "./partition";
 
 // ---- constants ----------------------------------------------------------------------------------
 
 /** "DLLM" read as a little-endian u32 (bytes 44 4c 4c 4d). */
 export const MAGIC = 0x4d4c4c44;
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const HEADER_SIZE = 24;
 /** The header's layer field when the message is not about a layer. */
 export const NO_LAYER = 0xffffffff;
@@ -114,15 +120,17 @@ export const enum MessageType {
   Step = 15,
   /** the session settings a worker needs before its plan */
   Session = 16,
+  /** a worker's measured matrix x vector speed (--split auto) */
+  Speed = 17,
 }
 
 const MESSAGE_TYPE_NAMES = [
   "?", "Hello", "HelloAck", "Challenge", "ChallengeResponse", "Plan", "PlanAck",
-  "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session",
+  "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session", "Speed",
 ];
 
 export function isMessageType(t: number): t is MessageType {
-  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Session;
+  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Speed;
 }
 
 export function messageTypeName(t: number): string {
@@ -243,7 +251,8 @@ export type Message =
   | { type: MessageType.Ping; time: number }
   | { type: MessageType.Pong; time: number }
   | { type: MessageType.Step; pos: number; logits: number; tokens: Uint32Array }
-  | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number };
+  | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number; weights: number[] }
+  | { type: MessageType.Speed; weightType: number; mbPerSecond: number };
 
 // ---- Reader -------------------------------------------------------------------------------------
 
@@ -691,7 +700,12 @@ function writePayload(w: Writer, m: Message): void {
       for (const t of m.tokens) w.u32(t);
       break;
     case MessageType.Session:
+      if (m.weights.length !== m.nodes) throw new RangeError(`Session: ${m.weights.length} weights for ${m.nodes} nodes`);
       w.u32(m.node).u32(m.nodes).u32(m.wire).u32(m.nCtx).u32(m.kvType).u32(m.flags);
+      for (const x of m.weights) w.u32(x);
+      break;
+    case MessageType.Speed:
+      w.u32(m.weightType).u32(m.mbPerSecond);
       break;
   }
 }
@@ -788,11 +802,22 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
       const node = r.u32("node"), nodes = r.u32("nodes"), wire = r.u32("wire");
       if (!isWireType(wire)) throw new ProtocolError("Session.wire", `Session: wire type ${wire} is not 0 (F32), 1 (F16) or 8 (Q8_0)`);
       if (nodes < 1 || node >= nodes) throw new ProtocolError("Session.node", `Session: node ${node} of ${nodes}`);
-      m = { type, node, nodes, wire, nCtx: r.u32("n_ctx"), kvType: r.u32("kv_type"), flags: r.u32("flags") };
+      const nCtx = r.u32("n_ctx"), kvType = r.u32("kv_type"), flags = r.u32("flags");
+      const n = r.remaining / 4;
+      if (n !== nodes) throw new ProtocolError("Session.weights", `Session: ${r.remaining} bytes of node weights, expected ${nodes} x 4 for ${nodes} nodes`);
+      const weights: number[] = new Array(n);
+      for (let i = 0; i < n; i++) {
+        weights[i] = r.u32(`weights[${i}]`);
+        if (weights[i]! < 1 || weights[i]! > MAX_SPLIT_WEIGHT) throw new ProtocolError("Session.weights", `Session: node ${i}'s weight ${weights[i]} is not in 1..${MAX_SPLIT_WEIGHT}`);
+      }
+      m = { type, node, nodes, wire, nCtx, kvType, flags, weights };
       break;
     }
+    case MessageType.Speed:
+      m = { type, weightType: r.u32("weight_type"), mbPerSecond: r.u32("mb_per_second") };
+      break;
     default:
-      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Session})`);
+      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Speed})`);
   }
   r.done();
   return m;

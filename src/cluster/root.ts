@@ -9,7 +9,9 @@ import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
-import { exchangesPartials, type Range, type Slice, splitVocab } from "./partition";
+import { checkWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
+import { dominantType, measureSpeed, weightsFromSpeeds } from "./speed";
+import { ggmlTypeName } from "../model/gguf";
 import { type FileIdentity } from "./storage";
 import { type Counters, countersFromStats, Op, type Profiler } from "../profile/profiler";
 import { hmac, md5FromHex } from "./worker";
@@ -49,6 +51,13 @@ export interface ClusterOptions {
   verifyFull?: boolean;
   /** time the root's side of the wire, and ask the workers to time theirs */
   profiler?: Profiler | null;
+  /** column granularity of the model's weights (partition.ts; worker.ts alignmentOf) */
+  align: number;
+  /** relative weights of the nodes' shares, the root first; "auto": in proportion to each node's
+   *  measured matrix x vector speed (speed.ts); default: equal shares */
+  split?: number[] | "auto";
+  /** progress and the chosen split */
+  log?: (line: string) => void;
 }
 
 export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
@@ -124,6 +133,9 @@ export class ClusterPeers implements Peers {
   private splitLogits = false;
   /** bytes sent and received, frames, for the figures */
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
+  /** every node's slice (the root's first) and the relative weights they were sized by */
+  slices: Slice[] = [];
+  weights: number[] = [];
 
   private constructor(
     readonly conns: Conn[],
@@ -139,13 +151,24 @@ export class ClusterPeers implements Peers {
     this.exchange = exchangesPartials(conns.length + 1);
   }
 
-  static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, slices: Slice[], k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
+  static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
     const addrs = parseWorkerList(o.workers.join(","));
+    const nodes = addrs.length + 1;
+    if (Array.isArray(o.split)) checkWeights(o.split, nodes);
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
     const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
-      const vocab = splitVocab(c.vocabSize, slices.length);
-      await Promise.all(conns.map((conn, i) => peers.handshake(conn, g, c, identity, slices[i + 1]!, slices.length, o, i, vocab[i + 1]!)));
+      const logits = await Promise.all(conns.map((conn) => peers.hello(conn, identity, o)));
+      const weights = o.split === "auto" ? await peers.measuredWeights(g, o) : (o.split ?? new Array<number>(nodes).fill(1));
+      const slices = partition(c, nodes, o.align, weights);
+      const vocab = splitVocab(c.vocabSize, nodes, weights);
+      peers.slices = slices;
+      peers.weights = weights;
+      if (weights.some((w) => w !== weights[0])) {
+        const who = (i: number) => (i === 0 ? "root" : conns[i - 1]!.peer);
+        o.log?.(`shares by weight ${weights.join(":")}: ${slices.map((x, i) => `${who(i)} KV heads ${x.kvHeads.start}..${x.kvHeads.end - 1}, feed-forward ${x.ffn.start}..${x.ffn.end - 1}`).join("; ")}`);
+      }
+      await Promise.all(conns.map((conn, i) => peers.plan(conn, g, c, slices[i + 1]!, weights, o, i, logits[i]! ? vocab[i + 1]! : null)));
       // the rows the root computes itself, merged where they touch
       for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.workerRows[i])]) {
         const last = peers.localLogitRows[peers.localLogitRows.length - 1];
@@ -159,7 +182,8 @@ export class ClusterPeers implements Peers {
     return peers;
   }
 
-  private async handshake(conn: Conn, g: GGUFFile, c: ModelConfig, id: FileIdentity, slice: Slice, nodes: number, o: ClusterOptions, index: number, vocab: Range): Promise<void> {
+  /** Hello, the secret, the model file's identity. Resolves to whether the worker computes logits. */
+  private async hello(conn: Conn, id: FileIdentity, o: ClusterOptions): Promise<boolean> {
     const t = 10_000;
     const full = o.verifyFull && id.fullMd5;
     const capabilities = ALL_CAPABILITIES | (full ? Capability.FullMd5 : 0);
@@ -174,12 +198,28 @@ export class ClusterPeers implements Peers {
     if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
     // a worker that can computes its share of the logits (one more round trip per step, half the rows)
-    const logits = (r.message.capabilities & Capability.Logits) !== 0;
-    const flags = (o.profiler ? SESSION_PROFILE : 0) | (logits ? SESSION_LOGITS : 0) | (exchangesPartials(nodes) ? SESSION_EXCHANGE : 0);
-    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags });
-    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice, logits ? vocab : undefined) });
-    await conn.expect(MessageType.PlanAck, t, "the plan");
-    if (logits) this.workerRows[index] = vocab;
+    return (r.message.capabilities & Capability.Logits) !== 0;
+  }
+
+  /** --split auto: every node times its matrix x vector kernel at once; the weights are the speeds. */
+  private async measuredWeights(g: GGUFFile, o: ClusterOptions): Promise<number[]> {
+    const type = dominantType(g);
+    for (const conn of this.conns) conn.send({ type: MessageType.Speed, weightType: type, mbPerSecond: 0 });
+    const own = measureSpeed(this.k, type);
+    const theirs = await Promise.all(this.conns.map(async (conn) => (await conn.expect(MessageType.Speed, 30_000, "its measured speed")).message.mbPerSecond));
+    const weights = weightsFromSpeeds([own, ...theirs], MAX_SPLIT_WEIGHT);
+    o.log?.(`split by measured ${ggmlTypeName(type)} matrix x vector speed: root ${own.toFixed(0)} MB/s, ${this.conns.map((c, i) => `${c.peer} ${theirs[i]} MB/s`).join(", ")}`);
+    return weights;
+  }
+
+  /** The session settings and the plan: the slice the worker computes, and the file offsets of it. */
+  private async plan(conn: Conn, g: GGUFFile, c: ModelConfig, slice: Slice, weights: number[], o: ClusterOptions, index: number, vocab: Range | null): Promise<void> {
+    const nodes = weights.length;
+    const flags = (o.profiler ? SESSION_PROFILE : 0) | (vocab ? SESSION_LOGITS : 0) | (exchangesPartials(nodes) ? SESSION_EXCHANGE : 0);
+    conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags, weights });
+    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice, vocab ?? undefined) });
+    await conn.expect(MessageType.PlanAck, 10_000, "the plan");
+    if (vocab) this.workerRows[index] = vocab;
   }
 
   begin(pos0: number, tokens: ArrayLike<number>, logits: number): void {

@@ -4,10 +4,11 @@
 // root (RootLink). It serves one root session after another; a bad frame closes that connection only.
 import { createHmac, randomBytes } from "node:crypto";
 import { readConfig } from "../model/config";
-import { GGUFFile } from "../model/gguf";
+import { GGUFFile, ggmlTypeName } from "../model/gguf";
 import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../model/llama";
 import { loadKernels } from "../native/index";
-import { GGMLType, type Kernels } from "../native/types";
+import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
+import { measureSpeed } from "./speed";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
@@ -24,6 +25,7 @@ import {
   ErrorCode,
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
+  MAX_U32,
   MessageType,
   messageTypeName,
   NONCE_BYTES,
@@ -124,16 +126,28 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const capabilities = ALL_CAPABILITIES | (o.maxMemory === undefined ? Capability.Logits : 0);
     conn.send({ type: MessageType.HelloAck, version: PROTOCOL_VERSION, capabilities, name, model: { path: identity.path, size: identity.size, sampleMd5: md5FromHex(identity.fastMd5) } });
 
-    // ---- session and plan: map the file, check the slice offsets the root expects
-    const s = (await conn.expect(MessageType.Session, 10_000, "the session settings")).message;
+    // ---- --split auto: time the kernel the root names; then the session and plan: map the file,
+    // check the slice offsets the root expects
+    let first = await conn.next(10_000, "the session settings");
+    while (first.message.type === MessageType.Speed) {
+      if (!TYPE_TRAITS.has(first.message.weightType)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: cannot time weight type ${first.message.weightType} (${ggmlTypeName(first.message.weightType)})`);
+      kernels ??= await loadKernels({ threads: o.threads });
+      const mbPerSecond = Math.max(1, Math.min(MAX_U32, Math.round(measureSpeed(kernels, first.message.weightType as GGMLType))));
+      log(`worker ${name}: ${ggmlTypeName(first.message.weightType)} matrix x vector at ${mbPerSecond} MB/s with ${kernels.threads} thread(s), for ${conn.peer}`);
+      conn.send({ type: MessageType.Speed, weightType: first.message.weightType, mbPerSecond });
+      first = await conn.next(30_000, "the session settings");
+    }
+    if (first.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${first.message.message}`);
+    if (first.message.type !== MessageType.Session) throw new Error(`${conn.peer}: expected Session (the session settings), got ${messageTypeName(first.message.type)}`);
+    const s = first.message;
     const plan = (await conn.expect(MessageType.Plan, 10_000, "the plan")).message;
     const g = GGUFFile.open(o.modelPath);
     const config = readConfig(g);
     const weights = loadWeights(g, config);
-    const slices = partition(config, s.nodes, alignmentOf(weights));
+    const slices = partition(config, s.nodes, alignmentOf(weights), s.weights);
     const slice = slices[s.node]!;
     if (s.flags & SESSION_LOGITS && !(capabilities & Capability.Logits)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name} streams its weights (--max-memory) and does not compute logits`);
-    const logitRows = s.flags & SESSION_LOGITS ? splitVocab(config.vocabSize, s.nodes)[s.node]! : undefined;
+    const logitRows = s.flags & SESSION_LOGITS ? splitVocab(config.vocabSize, s.nodes, s.weights)[s.node]! : undefined;
     const mine = sliceOffsets(g, config, slice, logitRows);
     const wrong = mine.findIndex((e, i) => plan.offsets[i]?.tensor !== e.tensor || plan.offsets[i]?.offset !== e.offset);
     if (wrong >= 0 || plan.offsets.length !== mine.length) {

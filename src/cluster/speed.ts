@@ -1,0 +1,52 @@
+// How fast a node runs the model's matrix x vector kernel: what `--split auto` sizes each node's share
+// by. Decoding reads every weight once per token, so a node's time per token is its share of the
+// weights divided by this speed; shares in proportion to it make the nodes finish each reduction
+// together. Measured on a synthetic matrix larger than the caches (the model file may not be in the
+// page cache yet, and timing the disk would say nothing about the node's compute).
+import type { GGUFFile } from "../model/gguf";
+import { type GGMLType, type Kernels, traits, typeBytes } from "../native/types";
+
+export interface SpeedOptions {
+  /** bytes of the synthetic weight matrix (default 32 MiB: beyond any small machine's caches) */
+  bytes?: number;
+  /** keep timing passes until this much time has gone by (default 0.15 s), at least 3 passes */
+  seconds?: number;
+}
+
+/** MB/s of weights of `type` that `k` (with all its threads) multiplies by one vector: the best pass. */
+export function measureSpeed(k: Kernels, type: GGMLType, o: SpeedOptions = {}): number {
+  const cols = 4096;
+  const rowBytes = typeBytes(type, cols);
+  const rows = Math.max(8, Math.floor((o.bytes ?? 32 * 1024 * 1024) / rowBytes));
+  // 0x11 bytes: every fp16 / bf16 / f32 value and block scale is a small normal number (no denormal
+  // slow paths), every quantized value in range
+  const w = new Uint8Array(rows * rowBytes).fill(0x11);
+  const act = traits(type).activation;
+  const x = new Uint8Array(typeBytes(act, cols)).fill(0x11);
+  const out = new Float32Array(rows);
+  k.matmul(out, rows, w, type, x, cols, 0, rows, 1); // warm-up: page faults, thread wake-up
+  const until = performance.now() + (o.seconds ?? 0.15) * 1000;
+  let best = Infinity;
+  for (let pass = 0; pass < 3 || performance.now() < until; pass++) {
+    const t0 = performance.now();
+    k.matmul(out, rows, w, type, x, cols, 0, rows, 1);
+    best = Math.min(best, performance.now() - t0);
+    if (pass > 1000) break;
+  }
+  return w.length / (Math.max(best, 1e-3) / 1000) / 1e6;
+}
+
+/** The weight type that dominates a model's bytes (its feed-forward matrices). */
+export function dominantType(g: GGUFFile): GGMLType {
+  return g.tensor("blk.0.ffn_up.weight").type as GGMLType;
+}
+
+/**
+ * Relative weights (whole numbers for the Session message) from measured speeds in MB/s: the speeds
+ * themselves, rounded, at least 1 and at most `max` (larger ones scaled down together).
+ */
+export function weightsFromSpeeds(speeds: readonly number[], max: number): number[] {
+  const top = Math.max(...speeds);
+  const scale = top > max ? max / top : 1;
+  return speeds.map((s) => Math.min(max, Math.max(1, Math.round(s * scale))));
+}
