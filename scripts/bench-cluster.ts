@@ -1,15 +1,16 @@
 // Cluster benchmark: decode speed of root + 1 worker (1 thread each) against one node with 2 threads,
 // on 127.0.0.1 and between two network namespaces joined by a veth pair shaped with tc netem
 // (1 Gbit/s, 0.1 ms each way); bytes and reductions per token; worker start-up to ready; the
-// worker's resident memory against the model size. Every figure is measured in this run.
+// worker's resident memory against the model size; and, as root with a cpu cgroup, a worker held to
+// half a CPU (a slower machine) under --split even, auto and 2,1. Every figure is measured in this run.
 //
-//   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--runs R] [--no-netns]
+//   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--runs R] [--no-netns] [--no-slow]
 // Without --model, the TinyLlama-shape Q4_0 model is generated once into build/models/.
 // Each configuration runs R times (default 3), the configurations interleaved round by round, and
 // the best run of each is compared: on a shared VM whose memory bandwidth moves by tens of percent
 // from one second to the next, a single run of each says more about the neighbours than about the
 // cluster. The spread of the runs is printed beside the best.
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tinyllamaModel } from "./models";
 
@@ -48,8 +49,8 @@ function parseRun(err: string): Run {
 const PIN = Bun.which("taskset") && navigator.hardwareConcurrency >= 2;
 const pin = (cpu: number | undefined) => (cpu === undefined || !PIN ? [] : ["taskset", "-c", String(cpu)]);
 
-function runRoot(model: string, threads: number, workers?: string, ns?: string, cpu?: number): Run {
-  const cmd = [...pin(cpu), BUN, MAIN, "--root", "-m", model, "-p", PROMPT, "-n", String(nTokens), "--temp", "0", "-t", String(threads), ...(workers ? ["--workers", workers] : [])];
+function runRoot(model: string, threads: number, workers?: string, ns?: string, cpu?: number, extra: string[] = []): Run {
+  const cmd = [...pin(cpu), BUN, MAIN, "--root", "-m", model, "-p", PROMPT, "-n", String(nTokens), "--temp", "0", "-t", String(threads), ...(workers ? ["--workers", workers] : []), ...extra];
   const p = Bun.spawnSync(ns ? ["ip", "netns", "exec", ns, ...cmd] : cmd, { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
   if (p.exitCode !== 0) throw new Error(`root failed:\n${p.stderr}`);
   return parseRun(p.stderr.toString());
@@ -121,6 +122,66 @@ const rows: [string, string][] = [
   ["worker start-up to listening", `${(w.readySeconds * 1000).toFixed(0)} ms (target < 200 ms)`],
   ["worker resident memory after the run", `${(mem!.rss / 2 ** 20).toFixed(0)} MiB, of which file pages ${(mem!.file / 2 ** 20).toFixed(0)} MiB = ${(mem!.file / size).toFixed(2)} of the model`],
 ];
+
+/**
+ * A CPU cgroup that lets its processes run `fraction` of one CPU (cgroup v1 cpu controller or v2
+ * cpu.max), fine-grained (2 ms period): a node that many times slower, to compare --split even with
+ * --split auto. Null when this machine does not allow it (not root, no cpu controller).
+ */
+function slowCgroup(fraction: number): { add(pid: number): void; remove(): void } | null {
+  const period = 2000, quota = Math.round(fraction * period);
+  const v1 = "/sys/fs/cgroup/cpu", v2 = "/sys/fs/cgroup";
+  try {
+    if (existsSync(`${v1}/cpu.cfs_quota_us`)) {
+      const dir = `${v1}/dairllm-bench-slow`;
+      if (!existsSync(dir)) mkdirSync(dir);
+      writeFileSync(`${dir}/cpu.cfs_period_us`, String(period));
+      writeFileSync(`${dir}/cpu.cfs_quota_us`, String(quota));
+      return { add: (pid) => writeFileSync(`${dir}/cgroup.procs`, String(pid)), remove: () => rmdirSync(dir) };
+    }
+    if (readFileSync(`${v2}/cgroup.controllers`, "utf8").split(/\s+/).includes("cpu")) {
+      const dir = `${v2}/dairllm-bench-slow`;
+      if (!existsSync(dir)) mkdirSync(dir);
+      writeFileSync(`${dir}/cpu.max`, `${quota} ${period}`);
+      return { add: (pid) => writeFileSync(`${dir}/cgroup.procs`, String(pid)), remove: () => rmdirSync(dir) };
+    }
+  } catch {
+    return null;
+  }
+  return null;
+}
+
+// Nodes of unequal speed: the worker limited to half a CPU (a slower machine), the root on a whole
+// one; equal shares against --split auto and the ideal 2,1.
+const slow = !args.includes("--no-slow") && PIN && process.getuid?.() === 0 ? slowCgroup(0.5) : null;
+if (slow) {
+  const sw = await startWorker(model, "127.0.0.1", undefined, 1);
+  try {
+    slow.add(sw.proc.pid!);
+    const even: Run[] = [], auto: Run[] = [], fixed: Run[] = [];
+    for (let i = 0; i < runs; i++) {
+      even.push(runRoot(model, 1, sw.addr, undefined, 0));
+      auto.push(runRoot(model, 1, sw.addr, undefined, 0, ["--split", "auto"]));
+      fixed.push(runRoot(model, 1, sw.addr, undefined, 0, ["--split", "2,1"]));
+    }
+    const e = best(even), a = best(auto), f = best(fixed);
+    const measured = /split by measured .*?: (.*)/.exec(a.err)?.[1] ?? "?";
+    rows.push(["unequal nodes: worker at half a CPU (cgroup)", ""]);
+    rows.push(["  --split even", `${e.tokPerSec.toFixed(2)} tokens/s  (${e.spread})`]);
+    rows.push(["  --split auto", `${a.tokPerSec.toFixed(2)} tokens/s  ${(a.tokPerSec / e.tokPerSec).toFixed(2)}x even (${a.spread}; measured ${measured})`]);
+    rows.push(["  --split 2,1", `${f.tokPerSec.toFixed(2)} tokens/s  ${(f.tokPerSec / e.tokPerSec).toFixed(2)}x even (${f.spread})`]);
+  } finally {
+    sw.proc.kill();
+    await sw.proc.exited;
+    try {
+      slow.remove();
+    } catch {
+      /* the cgroup empties a moment after the worker exits */
+    }
+  }
+} else {
+  rows.push(["unequal nodes", "skipped (needs root, taskset, 2 CPUs and a cpu cgroup; or --no-slow)"]);
+}
 
 if (!args.includes("--no-netns") && process.getuid?.() === 0 && Bun.which("ip") && Bun.which("tc")) {
   // two hosts: the worker in namespace dlw, the root in dlr, a veth pair between them, both ends shaped
