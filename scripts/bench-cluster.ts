@@ -13,6 +13,11 @@
 import { existsSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tinyllamaModel } from "./models";
+import { closeSync, openSync, readSync } from "node:fs";
+import { GGUFFile } from "../src/model/gguf";
+import { readConfig } from "../src/model/config";
+import { partition, splitVocab } from "../src/cluster/partition";
+import { typeBytes } from "../src/native/types";
 
 const ROOT = join(import.meta.dir, "..");
 const MAIN = join(ROOT, "src", "main.ts");
@@ -77,6 +82,51 @@ function rss(pid: number): { rss: number; file: number } {
   return { rss: kb("VmRSS"), file: kb("RssFile") };
 }
 
+/**
+ * The model file's pages mapped into process `pid` (/proc/PID/pagemap, root only), split by where they
+ * lie: inside the byte ranges of node 1 of 2's slices (its rows of q, k, v, gate, up and the logits;
+ * the tokens' embedding rows), or outside them. On one machine both nodes share the page cache, and
+ * the kernel maps whole large folios (built by the other node's readahead) at a fault, so RssFile
+ * overstates what a worker on its own machine would read; the split shows by how much.
+ */
+function mappedPages(pid: number, path: string): { inside: number; outside: number } | null {
+  try {
+    const map = readFileSync(`/proc/${pid}/maps`, "utf8").split("\n").find((l) => l.endsWith(path));
+    if (!map) return null;
+    const [lo, hi] = map.split(" ")[0]!.split("-").map((x) => parseInt(x, 16)) as [number, number];
+    const pages = (hi - lo) / 4096, buf = Buffer.alloc(pages * 8);
+    const fd = openSync(`/proc/${pid}/pagemap`, "r");
+    try {
+      readSync(fd, buf, 0, buf.length, (lo / 4096) * 8);
+    } finally {
+      closeSync(fd);
+    }
+    const g = GGUFFile.open(path), c = readConfig(g), s = partition(c, 2)[1]!, vocab = splitVocab(c.vocabSize, 2)[1]!;
+    const inside = new Uint8Array(pages);
+    const mark = (name: string, r0: number, r1: number) => {
+      const t = g.tensor(name), rb = typeBytes(t.type, t.dims[0]!);
+      for (let p = Math.floor((t.offset + r0 * rb) / 4096); p < Math.ceil((t.offset + r1 * rb) / 4096); p++) inside[p] = 1;
+    };
+    for (let l = 0; l < c.nLayers; l++) {
+      mark(`blk.${l}.attn_q.weight`, s.heads.start * c.headDim, s.heads.end * c.headDim);
+      for (const kv of ["attn_k", "attn_v"]) mark(`blk.${l}.${kv}.weight`, s.kvHeads.start * c.headDim, s.kvHeads.end * c.headDim);
+      for (const f of ["ffn_gate", "ffn_up"]) mark(`blk.${l}.${f}.weight`, s.ffn.start, s.ffn.end);
+      for (const n of ["attn_norm", "ffn_norm"]) mark(`blk.${l}.${n}.weight`, 0, 1);
+    }
+    mark(g.tensors.has("output.weight") ? "output.weight" : "token_embd.weight", vocab.start, vocab.end);
+    mark("token_embd.weight", 0, 0); // the tokens' rows: counted below as outside; a few KiB per token
+    let a = 0, b = 0;
+    for (let p = 0; p < pages; p++) {
+      if (!((buf.readBigUInt64LE(p * 8) >> 63n) & 1n)) continue;
+      if (inside[p]) a += 4096;
+      else b += 4096;
+    }
+    return { inside: a, outside: b };
+  } catch {
+    return null;
+  }
+}
+
 function sh(cmd: string): void {
   const p = Bun.spawnSync(["sh", "-c", cmd], { stderr: "pipe" });
   if (p.exitCode !== 0) throw new Error(`${cmd}: ${p.stderr}`);
@@ -99,11 +149,15 @@ const w = await startWorker(model, "127.0.0.1");
 const pinned = PIN ? await startWorker(model, "127.0.0.1", undefined, 1) : null;
 const singles: Run[] = [], pairs: Run[] = [], pinnedPairs: Run[] = [];
 let mem: { rss: number; file: number } | null = null;
+let pages: { inside: number; outside: number } | null = null;
 try {
   for (let i = 0; i < runs; i++) {
     singles.push(runRoot(model, 2));
     pairs.push(runRoot(model, 1, w.addr));
-    mem ??= rss(w.proc.pid!);
+    if (!mem) {
+      mem = rss(w.proc.pid!);
+      pages = mappedPages(w.proc.pid!, model);
+    }
     if (pinned) pinnedPairs.push(runRoot(model, 1, pinned.addr, undefined, 0));
   }
 } finally {
@@ -121,6 +175,9 @@ const rows: [string, string][] = [
     : ["pinned run", "skipped (needs taskset and 2 CPUs)"],
   ["worker start-up to listening", `${(w.readySeconds * 1000).toFixed(0)} ms (target < 200 ms)`],
   ["worker resident memory after the run", `${(mem!.rss / 2 ** 20).toFixed(0)} MiB, of which file pages ${(mem!.file / 2 ** 20).toFixed(0)} MiB = ${(mem!.file / size).toFixed(2)} of the model`],
+  pages
+    ? ["  the file pages by place", `${(pages.inside / 2 ** 20).toFixed(0)} MiB in its slices (${(pages.inside / size).toFixed(2)} of the model), ${(pages.outside / 2 ** 20).toFixed(0)} MiB outside (large folios of the shared page cache; /proc/PID/pagemap)`]
+    : ["  the file pages by place", "not measured (needs root for /proc/PID/pagemap)"],
 ];
 
 /**
