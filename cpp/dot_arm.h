@@ -21,6 +21,14 @@ static inline float dla_h2f(uint16_t h) {
     return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
 }
 
+/* fp16 -> float for a row (an F16 KV cache's key or value), exact */
+#define DL_HAVE_F16_ROW
+static inline void f16_row(float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(dst + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(src + i))));
+    for (; i < n; i++) dst[i] = dla_h2f(src[i]);
+}
+
 /* Scale of one block pair: fp32(d_w) * fp32(d_x), rounded once as in the reference. */
 static inline float dla_scale(uint16_t dw, uint16_t dx) { return dla_h2f(dw) * dla_h2f(dx); }
 

@@ -50,6 +50,14 @@ static inline float dot_f32(const float *w, const float *x, int64_t n) {
 }
 
 static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+/* fp16 -> float for a row (an F16 KV cache's key or value), exact (F16C) */
+#define DL_HAVE_F16_ROW
+static inline void f16_row(float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(src + i));
+    for (; i < n; i++) dst[i] = _cvtsh_ss(src[i]);
+}
 static inline __m256 load_bf16x8(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }

@@ -64,6 +64,11 @@ static inline __attribute__((unused)) float dot_q4_0_ref(const block_q4_0 *w, co
 #ifndef DL_HAVE_DOT_F32
 #define dot_f32 dot_f32_ref
 #endif
+#ifndef DL_HAVE_F16_ROW
+static inline void f16_row(float *dst, const uint16_t *src, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = dl_h2f(src[i]);
+}
+#endif
 #ifndef DL_HAVE_DOT_F16
 #define dot_f16 dot_f16_ref
 #endif
@@ -317,6 +322,7 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
 /* Online softmax over positions (no score buffer): running max m, running sum l, acc = sum p * v. */
 /* Keys scored per step of the attention's online softmax (a stack array: kernels allocate nothing). */
 #define DL_ATTN_CHUNK 64
+#define DL_ATTN_MAX_HEAD_DIM 256 /* F16 rows converted in stack buffers up to this width */
 
 /*
  * Attention of one query head over n_kv positions: softmax(q . K^T * scale) . V, online over chunks of
@@ -327,13 +333,21 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
 static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
                         int64_t head_dim, int64_t kv_stride, float scale) {
     float m = -INFINITY, l = 0.0f, s[DL_ATTN_CHUNK];
+    /* an F16 cache's keys and values are converted to float a row at a time (vectorised where the
+     * variant has an fp16 conversion) and then take the F32 path; rows wider than the buffers take
+     * the element-by-element path */
+    const int f16 = kv_type == DL_TYPE_F16, rows = f16 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
+    float buf[4][DL_ATTN_MAX_HEAD_DIM];
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int64_t p0 = 0; p0 < n_kv; p0 += DL_ATTN_CHUNK) {
         const int64_t n = n_kv - p0 < DL_ATTN_CHUNK ? n_kv - p0 : DL_ATTN_CHUNK;
         float cm = -INFINITY;
         for (int64_t j = 0; j < n; j++) {
             float x;
-            if (kv_type == DL_TYPE_F16) {
+            if (rows) {
+                f16_row(buf[0], (const uint16_t *)k + (p0 + j) * kv_stride, head_dim);
+                x = dot_f32(q, buf[0], head_dim);
+            } else if (f16) {
                 const uint16_t *kp = (const uint16_t *)k + (p0 + j) * kv_stride;
                 x = 0.0f;
                 for (int64_t d = 0; d < head_dim; d++) x += q[d] * dl_h2f(kp[d]);
@@ -352,18 +366,24 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
         for (int64_t j = 0; j < n; j++) s[j] = dl_vexpf(s[j] - m);
         for (int64_t j = 0; j < n; j++) l += s[j];
         int64_t j = 0;
-        if (kv_type != DL_TYPE_F16) {
+        if (!f16 || rows) {
             /* four keys per pass over out: out is loaded and stored once per four, and the sum is
              * (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
             for (; j + 4 <= n; j += 4) {
                 const float e0 = s[j], e1 = s[j + 1], e2 = s[j + 2], e3 = s[j + 3];
-                const float *v0 = (const float *)v + (p0 + j) * kv_stride, *v1 = v0 + kv_stride, *v2 = v1 + kv_stride, *v3 = v2 + kv_stride;
+                const float *v0, *v1, *v2, *v3;
+                if (rows) {
+                    for (int i = 0; i < 4; i++) f16_row(buf[i], (const uint16_t *)v + (p0 + j + i) * kv_stride, head_dim);
+                    v0 = buf[0], v1 = buf[1], v2 = buf[2], v3 = buf[3];
+                } else {
+                    v0 = (const float *)v + (p0 + j) * kv_stride, v1 = v0 + kv_stride, v2 = v1 + kv_stride, v3 = v2 + kv_stride;
+                }
                 for (int64_t d = 0; d < head_dim; d++) out[d] = out[d] + e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
             }
         }
         for (; j < n; j++) {
             const float e = s[j];
-            if (kv_type == DL_TYPE_F16) {
+            if (f16) {
                 const uint16_t *vp = (const uint16_t *)v + (p0 + j) * kv_stride;
                 for (int64_t d = 0; d < head_dim; d++) out[d] += e * dl_h2f(vp[d]);
             } else {
