@@ -23,8 +23,8 @@ afterAll(() => {
 
 const TOKENS = [1, 17, 300, 42, 5, 99, 250, 7, 3, 128, 64, 11];
 
-async function logits(model: string, maxMemory?: number, workers?: string[]): Promise<Float32Array> {
-  const e = await openEngine(model, { threads: 1, maxMemory, workers, wire: GGMLType.F32, ctx: TOKENS.length + 16 });
+async function logits(model: string, maxMemory?: number, workers?: string[], split?: number[] | "auto"): Promise<Float32Array> {
+  const e = await openEngine(model, { threads: 1, maxMemory, workers, wire: GGMLType.F32, ctx: TOKENS.length + 16, split });
   try {
     // the prompt as one batch, then four single tokens: the ring is reused across forward passes
     const cache = e.model.newCache(e.ctx);
@@ -105,6 +105,14 @@ describe("layer streaming", () => {
     const mapped = await logits(model);
     const streamed = await logits(model, 1 << 20, [addr]);
     expect(bits(streamed)).toEqual(bits(mapped));
+    // weighted shares: with --split auto the root's slice (and so its stream) is known only after
+    // every node has measured its speed
+    for (const split of ["auto", [3, 1]] as const) {
+      const weighted = await logits(model, 1 << 20, [addr], split === "auto" ? split : [...split]);
+      let diff = 0;
+      for (let i = 0; i < mapped.length; i++) diff = Math.max(diff, Math.abs(weighted[i]! - mapped[i]!));
+      expect(diff).toBeLessThan(1e-4);
+    }
     proc.kill();
   }, 30_000);
 
