@@ -11,6 +11,8 @@ import { Tokenizer } from "./model/tokenizer";
 import { GGMLType } from "./native/types";
 import { startWorker } from "./cluster/worker";
 import { MAX_SPLIT_WEIGHT } from "./cluster/partition";
+import { dominantType, measureSpeed } from "./cluster/speed";
+import { loadKernels } from "./native/index";
 import { parseSize } from "./model/streamed";
 import { selftest } from "./selftest";
 import { formatProfile, runProfile } from "./profile/run";
@@ -71,6 +73,7 @@ usage:
   dairllm-worker selftest                                         check every SIMD variant of this CPU against the references
   dairllm-worker inspect M.gguf                                   architecture, dims, tensor types and sizes
   dairllm-worker verify M.gguf [--full]                           size and MD5 checksums (the cluster's file identity)
+  dairllm-worker speed [--model M.gguf | --type q4_0] [-t N]      this machine's matrix x vector speed (for --split weights)
   dairllm-worker tokenize --model M.gguf [--no-bos] [--file F | TEXT]   token ids as a JSON array
   dairllm-worker logits --model M.gguf --tokens 1,5,7 --out F     all positions' logits, raw float32
   dairllm-worker perplexity --model M.gguf --file T.txt [--ctx N] PPL by llama.cpp's method
@@ -101,6 +104,8 @@ async function run(argv: string[]): Promise<number> {
       return inspect(rest);
     case "verify":
       return verify(rest);
+    case "speed":
+      return speed(rest);
     case "tokenize":
       return tokenize(rest);
     case "logits":
@@ -275,6 +280,25 @@ async function verify(argv: string[]): Promise<number> {
   const lines = [`file:      ${id.path}`, `size:      ${id.size} bytes (${(id.size / 2 ** 20).toFixed(2)} MiB)`, `fast md5:  ${id.fastMd5}`];
   if (id.fullMd5) lines.push(`full md5:  ${id.fullMd5}`);
   console.log(lines.join("\n"));
+  return 0;
+}
+
+/** `speed`: what --split auto measures on each node, for choosing --split weights by hand. */
+async function speed(argv: string[]): Promise<number> {
+  const { flags, positional } = parseArgs(argv, [MODEL, { name: "type", type: "string", help: "" }, THREADS, { name: "help", short: "h", type: "bool", help: "" }]);
+  if (flags.help) {
+    console.log("usage: dairllm-worker speed [--model M.gguf | --type f32|f16|bf16|q8_0|q4_0] [--threads N]\n  times this machine's matrix x vector kernel on the model's feed-forward weight type (default q4_0)\n  and prints MB/s of weights: run it on each machine and give the figures to --split, root first");
+    return 0;
+  }
+  noPositional("speed", positional);
+  if (flags.model !== undefined && flags.type !== undefined) throw new UsageError("speed: give --model or --type, not both");
+  const types: Record<string, GGMLType> = { f32: GGMLType.F32, f16: GGMLType.F16, bf16: GGMLType.BF16, q8_0: GGMLType.Q8_0, q4_0: GGMLType.Q4_0 };
+  const name = String(flags.type ?? "q4_0").toLowerCase();
+  if (!(name in types)) throw new UsageError(`--type must be one of ${Object.keys(types).join(", ")} (got ${flags.type})`);
+  const type = flags.model !== undefined ? dominantType(GGUFFile.open(String(flags.model))) : types[name]!;
+  const kernels = await loadKernels({ threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency });
+  const mbs = measureSpeed(kernels, type, { seconds: 0.5 });
+  console.log(`${ggmlTypeName(type)} matrix x vector: ${mbs.toFixed(0)} MB/s with ${kernels.threads} thread(s) (${kernels.name})`);
   return 0;
 }
 

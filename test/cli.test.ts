@@ -37,12 +37,23 @@ describe("usage", () => {
       [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "1,0"], /--split must be even, auto or whole numbers from 1 to 1000000, one per node, the root first \(got 1,0\)/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "fast"], /--split must be even, auto or whole numbers/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--split", "2,1"], /--split has 2 weights for 1 node\(s\) \(the root and 0 worker\(s\)\)/],
+      [["speed", "--type", "q5_1"], /--type must be one of f32, f16, bf16, q8_0, q4_0 \(got q5_1\)/],
+      [["speed", "--type", "q4_0", "--model", "x.gguf"], /speed: give --model or --type, not both/],
     ];
     for (const [args, msg] of cases) {
       const r = cli(...args);
       expect(r.err).toMatch(msg);
       expect(r.code).toBe(2);
     }
+  });
+
+  test("speed prints this machine's matrix x vector MB/s for a type or a model's feed-forward type", () => {
+    const r = cli("speed", "--type", "q8_0", "-t", "1");
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^Q8_0 matrix x vector: [1-9]\d* MB\/s with 1 thread\(s\) \(native:\w+\)\n$/);
+    const m = cli("speed", "--model", join(MODELS, "tiny-q4_0.gguf"), "-t", "1");
+    expect(m.code).toBe(0);
+    expect(m.out).toMatch(/^Q4_0 matrix x vector: [1-9]\d* MB\/s/);
   });
 
   test("--root without --model runs the demo model, saying so", () => {

@@ -7,7 +7,8 @@ import type { GGUFFile } from "../model/gguf";
 import { type GGMLType, type Kernels, traits, typeBytes } from "../native/types";
 
 export interface SpeedOptions {
-  /** bytes of the synthetic weight matrix (default 32 MiB: beyond any small machine's caches) */
+  /** bytes of the synthetic weight matrix (default 64 MiB: beyond a small machine's caches and the
+   *  32 MiB L3 of many x86 ones, so that it times the memory as the model does) */
   bytes?: number;
   /** keep timing passes until this much time has gone by (default 0.15 s), at least 3 passes */
   seconds?: number;
@@ -17,7 +18,7 @@ export interface SpeedOptions {
 export function measureSpeed(k: Kernels, type: GGMLType, o: SpeedOptions = {}): number {
   const cols = 4096;
   const rowBytes = typeBytes(type, cols);
-  const rows = Math.max(8, Math.floor((o.bytes ?? 32 * 1024 * 1024) / rowBytes));
+  const rows = Math.max(8, Math.floor((o.bytes ?? 64 * 1024 * 1024) / rowBytes));
   // 0x11 bytes: every fp16 / bf16 / f32 value and block scale is a small normal number (no denormal
   // slow paths), every quantized value in range
   const w = new Uint8Array(rows * rowBytes).fill(0x11);
