@@ -8,7 +8,7 @@ import { readConfig } from "./model/config";
 import { fileIdentity, progressBar } from "./cluster/storage";
 import { DEFAULT_SAMPLER } from "./model/sampler";
 import { Tokenizer } from "./model/tokenizer";
-import { GGMLType } from "./native/types";
+import { GGMLType, TYPE_TRAITS } from "./native/types";
 import { startWorker } from "./cluster/worker";
 import { MAX_SPLIT_WEIGHT } from "./cluster/partition";
 import { dominantType, measureSpeed } from "./cluster/speed";
@@ -292,10 +292,11 @@ async function speed(argv: string[]): Promise<number> {
   }
   noPositional("speed", positional);
   if (flags.model !== undefined && flags.type !== undefined) throw new UsageError("speed: give --model or --type, not both");
-  const types: Record<string, GGMLType> = { f32: GGMLType.F32, f16: GGMLType.F16, bf16: GGMLType.BF16, q8_0: GGMLType.Q8_0, q4_0: GGMLType.Q4_0 };
+  const types = [...TYPE_TRAITS].map(([type, t]) => ({ type, name: t.name.toLowerCase() }));
   const name = String(flags.type ?? "q4_0").toLowerCase();
-  if (!(name in types)) throw new UsageError(`--type must be one of ${Object.keys(types).join(", ")} (got ${flags.type})`);
-  const type = flags.model !== undefined ? dominantType(GGUFFile.open(String(flags.model))) : types[name]!;
+  const named = types.find((t) => t.name === name);
+  if (!named) throw new UsageError(`--type must be one of ${types.map((t) => t.name).join(", ")} (got ${flags.type})`);
+  const type = flags.model !== undefined ? dominantType(GGUFFile.open(String(flags.model))) : named.type;
   const kernels = await loadKernels({ threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency });
   const mbs = measureSpeed(kernels, type, { seconds: 0.5 });
   console.log(`${ggmlTypeName(type)} matrix x vector: ${mbs.toFixed(0)} MB/s with ${kernels.threads} thread(s) (${kernels.name})`);

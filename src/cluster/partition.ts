@@ -38,6 +38,11 @@ export function splitRange(n: number, nth: number, ith: number): Range {
 /** Largest relative weight of a node (--split); weights travel as u32 in the Session message. */
 export const MAX_SPLIT_WEIGHT = 1_000_000;
 
+/** Equal weights for `nodes` nodes: the even split. */
+export function equalWeights(nodes: number): number[] {
+  return new Array<number>(nodes).fill(1);
+}
+
 /** Checks relative node weights: one per node, whole numbers in 1..MAX_SPLIT_WEIGHT. */
 export function checkWeights(weights: readonly number[], nodes: number): void {
   if (weights.length !== nodes) throw new Error(`${weights.length} split weights for ${nodes} nodes: give one per node, the root first`);
@@ -91,7 +96,7 @@ export function partition(c: ModelConfig, nodes: number, align = 32, weights?: r
   if (nodes > 1 && c.hiddenDim % align !== 0) {
     throw new Error(`the feed-forward size ${c.hiddenDim} is not a multiple of the ${align}-value block: this model cannot be split`);
   }
-  const w = weights ?? new Array<number>(nodes).fill(1);
+  const w = weights ?? equalWeights(nodes);
   checkWeights(w, nodes);
   const ffnBlocks = c.hiddenDim / (nodes > 1 ? align : 1);
   const unit = nodes > 1 ? align : 1;
@@ -127,11 +132,9 @@ export function partition(c: ModelConfig, nodes: number, align = 32, weights?: r
  */
 export function splitVocab(vocabSize: number, nodes: number, weights?: readonly number[]): Range[] {
   if (!Number.isInteger(nodes) || nodes < 1) throw new Error(`node count ${nodes} must be a whole number >= 1`);
-  if (weights) {
-    checkWeights(weights, nodes);
-    return splitWeighted(vocabSize, weights);
-  }
-  return Array.from({ length: nodes }, (_, i) => splitRange(vocabSize, nodes, i));
+  const w = weights ?? equalWeights(nodes);
+  checkWeights(w, nodes);
+  return splitWeighted(vocabSize, w);
 }
 
 /** The whole model on one node. */

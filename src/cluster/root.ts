@@ -9,7 +9,7 @@ import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
-import { checkWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
+import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
 import { dominantType, measureSpeed, weightsFromSpeeds } from "./speed";
 import { ggmlTypeName } from "../model/gguf";
 import { type FileIdentity } from "./storage";
@@ -133,9 +133,8 @@ export class ClusterPeers implements Peers {
   private splitLogits = false;
   /** bytes sent and received, frames, for the figures */
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
-  /** every node's slice (the root's first) and the relative weights they were sized by */
+  /** every node's slice, the root's first */
   slices: Slice[] = [];
-  weights: number[] = [];
 
   private constructor(
     readonly conns: Conn[],
@@ -159,11 +158,10 @@ export class ClusterPeers implements Peers {
     const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
       const logits = await Promise.all(conns.map((conn) => peers.hello(conn, identity, o)));
-      const weights = o.split === "auto" ? await peers.measuredWeights(g, o) : (o.split ?? new Array<number>(nodes).fill(1));
+      const weights = o.split === "auto" ? await peers.measuredWeights(g, o) : (o.split ?? equalWeights(nodes));
       const slices = partition(c, nodes, o.align, weights);
       const vocab = splitVocab(c.vocabSize, nodes, weights);
       peers.slices = slices;
-      peers.weights = weights;
       if (weights.some((w) => w !== weights[0])) {
         const who = (i: number) => (i === 0 ? "root" : conns[i - 1]!.peer);
         o.log?.(`shares by weight ${weights.join(":")}: ${slices.map((x, i) => `${who(i)} KV heads ${x.kvHeads.start}..${x.kvHeads.end - 1}, feed-forward ${x.ffn.start}..${x.ffn.end - 1}`).join("; ")}`);
