@@ -152,3 +152,48 @@ export function wholeModel(c: ModelConfig): Slice {
 export function exchangesPartials(nodes: number): boolean {
   return nodes === 2;
 }
+
+/**
+ * --rebalance: how far a boundary between two nodes' feed-forward rows may move from where the split
+ * put it, as a share of the smaller of the two nodes' shares. Each node keeps the down projection's
+ * columns of its reach (its rows plus the margins on either side) copied, so this bounds the extra
+ * memory a node holds: at most that share again of its down projection columns per side.
+ */
+export const REBALANCE_REACH = 0.5;
+
+/** The feed-forward boundaries of a split: node i computes rows [b[i], b[i + 1]). */
+export function ffnBoundaries(slices: readonly Slice[]): number[] {
+  return [...slices.map((s) => s.ffn.start), slices[slices.length - 1]!.ffn.end];
+}
+
+/**
+ * For each interior boundary i (between node i - 1 and node i; index 0 and N unused, 0), how many
+ * rows it may move either way under --rebalance: a whole number of `align`-row blocks,
+ * REBALANCE_REACH of the smaller neighbour's share.
+ */
+export function boundaryMargins(slices: readonly Slice[], align: number): number[] {
+  const units = slices.map((s) => (s.ffn.end - s.ffn.start) / align);
+  return [0, ...units.slice(1).map((u, j) => Math.floor(Math.min(u, units[j]!) * REBALANCE_REACH) * align), 0];
+}
+
+/** The feed-forward rows node `node` may be asked to compute under --rebalance (its reach). */
+export function ffnReach(slices: readonly Slice[], node: number, align: number): Range {
+  const m = boundaryMargins(slices, align), s = slices[node]!.ffn;
+  return { start: s.start - m[node]!, end: s.end + m[node + 1]! };
+}
+
+/**
+ * Checks feed-forward boundaries against a split under --rebalance: N + 1 of them from 0 to the
+ * feed-forward size, increasing, on `align`, each within its margin. Returns what is wrong, or null.
+ */
+export function boundariesProblem(b: readonly number[], slices: readonly Slice[], align: number): string | null {
+  const base = ffnBoundaries(slices), m = boundaryMargins(slices, align);
+  if (b.length !== base.length) return `${b.length} feed-forward boundaries for ${slices.length} nodes (expected ${base.length})`;
+  for (let i = 0; i < b.length; i++) {
+    const x = b[i]!;
+    if (!Number.isInteger(x) || x % align !== 0) return `boundary ${i} (${x}) is not a multiple of ${align}`;
+    if (Math.abs(x - base[i]!) > m[i]!) return `boundary ${i} (${x}) is more than ${m[i]} rows from the split's ${base[i]}`;
+    if (i > 0 && x <= b[i - 1]!) return `boundary ${i} (${x}) is not above boundary ${i - 1} (${b[i - 1]})`;
+  }
+  return null;
+}
