@@ -2,8 +2,7 @@
 // on 127.0.0.1 and between two network namespaces joined by a veth pair shaped with tc netem
 // (1 Gbit/s, 0.1 ms each way); bytes and reductions per token; worker start-up to ready; the
 // worker's resident memory against the model size; and, as root with a cpu cgroup, a worker held to
-// half a CPU (a slower machine) under --split even, auto, 2,1 and --rebalance. Every figure is measured
-// in this run.
+// half a CPU (a slower machine) under --split even, auto and 2,1. Every figure is measured in this run.
 //
 //   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--runs R] [--no-netns] [--no-slow]
 // Without --model, the TinyLlama-shape Q4_0 model is generated once into build/models/.
@@ -148,7 +147,7 @@ function best(rs: Run[]): Run & { spread: string } {
 runRoot(model, 2); // warm the page cache
 const w = await startWorker(model, "127.0.0.1");
 const pinned = PIN ? await startWorker(model, "127.0.0.1", undefined, 1) : null;
-const singles: Run[] = [], pairs: Run[] = [], pinnedPairs: Run[] = [], rebalanced: Run[] = [];
+const singles: Run[] = [], pairs: Run[] = [], pinnedPairs: Run[] = [];
 let mem: { rss: number; file: number } | null = null;
 let pages: { inside: number; outside: number } | null = null;
 try {
@@ -160,15 +159,12 @@ try {
       pages = mappedPages(w.proc.pid!, model);
     }
     if (pinned) pinnedPairs.push(runRoot(model, 1, pinned.addr, undefined, 0));
-    if (pinned) rebalanced.push(runRoot(model, 1, pinned.addr, undefined, 0, ["--rebalance"]));
   }
 } finally {
   w.proc.kill();
   pinned?.proc.kill();
 }
-const single = best(singles), pair = best(pairs), pinnedPair = pinned ? best(pinnedPairs) : null, pinnedRebalanced = pinned ? best(rebalanced) : null;
-/** what --rebalance did in a run (the root's last line about it) */
-const moves = (r: Run) => /rebalance: (\d+ move.*)/.exec(r.err)?.[1] ?? "?";
+const single = best(singles), pair = best(pairs), pinnedPair = pinned ? best(pinnedPairs) : null;
 
 const rows: [string, string][] = [
   ["1 node, 2 threads", `${single.tokPerSec.toFixed(2)} tokens/s  (${single.spread})`],
@@ -177,9 +173,6 @@ const rows: [string, string][] = [
   pinnedPair
     ? ["the same, root and worker pinned to CPU 0 and 1", `${pinnedPair.tokPerSec.toFixed(2)} tokens/s  ratio ${(pinnedPair.tokPerSec / single.tokPerSec).toFixed(3)} (separate cores, as on separate machines; ${pinnedPair.spread})`]
     : ["pinned run", "skipped (needs taskset and 2 CPUs)"],
-  ...(pinnedRebalanced
-    ? [["  the same with --rebalance", `${pinnedRebalanced.tokPerSec.toFixed(2)} tokens/s  ratio ${(pinnedRebalanced.tokPerSec / single.tokPerSec).toFixed(3)} (${pinnedRebalanced.spread}; ${moves(pinnedRebalanced)})`] as [string, string]]
-    : []),
   ["worker start-up to listening", `${(w.readySeconds * 1000).toFixed(0)} ms (target < 200 ms)`],
   ["worker resident memory after the run", `${(mem!.rss / 2 ** 20).toFixed(0)} MiB, of which file pages ${(mem!.file / 2 ** 20).toFixed(0)} MiB = ${(mem!.file / size).toFixed(2)} of the model`],
   pages
@@ -222,20 +215,18 @@ if (slow) {
   const sw = await startWorker(model, "127.0.0.1", undefined, 1);
   try {
     slow.add(sw.proc.pid!);
-    const even: Run[] = [], auto: Run[] = [], fixed: Run[] = [], rebal: Run[] = [];
+    const even: Run[] = [], auto: Run[] = [], fixed: Run[] = [];
     for (let i = 0; i < runs; i++) {
       even.push(runRoot(model, 1, sw.addr, undefined, 0));
       auto.push(runRoot(model, 1, sw.addr, undefined, 0, ["--split", "auto"]));
       fixed.push(runRoot(model, 1, sw.addr, undefined, 0, ["--split", "2,1"]));
-      rebal.push(runRoot(model, 1, sw.addr, undefined, 0, ["--rebalance"]));
     }
-    const e = best(even), a = best(auto), f = best(fixed), rb = best(rebal);
+    const e = best(even), a = best(auto), f = best(fixed);
     const measured = /split by measured .*?: (.*)/.exec(a.err)?.[1] ?? "?";
     rows.push(["unequal nodes: worker at half a CPU (cgroup)", ""]);
     rows.push(["  --split even", `${e.tokPerSec.toFixed(2)} tokens/s  (${e.spread})`]);
     rows.push(["  --split auto", `${a.tokPerSec.toFixed(2)} tokens/s  ${(a.tokPerSec / e.tokPerSec).toFixed(2)}x even (${a.spread}; measured ${measured})`]);
     rows.push(["  --split 2,1", `${f.tokPerSec.toFixed(2)} tokens/s  ${(f.tokPerSec / e.tokPerSec).toFixed(2)}x even (${f.spread})`]);
-    rows.push(["  --split even --rebalance", `${rb.tokPerSec.toFixed(2)} tokens/s  ${(rb.tokPerSec / e.tokPerSec).toFixed(2)}x even (${rb.spread}; ${moves(rb)})`]);
   } finally {
     sw.proc.kill();
     await sw.proc.exited;

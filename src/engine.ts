@@ -53,8 +53,6 @@ export interface EngineOptions {
   directIO?: boolean;
   /** --split: relative weights of the nodes' shares (root first), or "auto" (measured); default equal */
   split?: number[] | "auto";
-  /** --rebalance: move feed-forward rows between the nodes while running (src/cluster/rebalance.ts) */
-  rebalance?: boolean;
   log?: (line: string) => void;
 }
 
@@ -85,7 +83,6 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
   let peers: ClusterPeers | null = null;
   try {
     if (o.workers?.length) {
-      if (o.rebalance && o.maxMemory !== undefined) o.log?.("--rebalance is off: this root streams its weights (--max-memory) and holds only its share of the feed-forward rows");
       const identity = await fileIdentity(path, o.verifyFull ? { full: true, onProgress: progressBar("full md5") } : {});
       peers = await ClusterPeers.connect(gguf, config, identity, kernels, {
         workers: o.workers,
@@ -97,8 +94,6 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
         profiler: prof,
         align,
         split: o.split,
-        // a root streaming its weights holds only its slice's rows
-        rebalance: o.rebalance && o.maxMemory === undefined,
         log: o.log,
       });
       slice = peers.slices[0]!;
@@ -110,7 +105,7 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
     await streamed?.close();
     throw e;
   }
-  const model = new LlamaModel(config, weights, modelKernels, slice, peers, prof, streamed, peers?.reaches?.[0] ?? null);
+  const model = new LlamaModel(config, weights, modelKernels, slice, peers, prof, streamed);
   return {
     path, gguf, config, model, tokenizer, kernels, peers, ctx, prof, streamed,
     loadSeconds: (performance.now() - t0) / 1000,

@@ -40,7 +40,6 @@ const CLUSTER_FLAGS: FlagSpec[] = [
   { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
   { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
   { name: "split", type: "string", value: "even|auto|W,...", help: "how big each node's share is: equal (even, default), in proportion to each node's measured speed (auto), or to relative weights, the root first (e.g. 2,1,1)" },
-  { name: "rebalance", type: "bool", help: "move feed-forward rows from slower to faster nodes while running (a node that throttles or gets busy); each node holds up to half its share again of them; output is then not bit-reproducible run to run" },
   { name: "verify", type: "string", value: "fast|full", help: "how nodes compare the model file: size + sampled MD5 (fast, default) or the whole file's MD5 (full)" },
   { name: "max-memory", type: "string", value: "SIZE", help: "stream this node's weights from disk through SIZE of memory (e.g. 512M, 2G) instead of mapping the file; for models larger than RAM" },
 ];
@@ -170,8 +169,6 @@ async function run(argv: string[]): Promise<number> {
       `decode: ${n} tokens in ${stats.decodeSeconds.toFixed(3)} s (${n ? (n / stats.decodeSeconds).toFixed(1) : "0"} tokens/s)\n`,
   );
   if (stats.wire) process.stderr.write(`cluster: ${(stats.wire.bytesPerToken / 1024).toFixed(1)} KiB on the wire and ${stats.wire.syncsPerToken.toFixed(0)} reductions per decoded token\n`);
-  const rb = e.peers?.rebalancer;
-  if (rb) process.stderr.write(`rebalance: ${rb.moves} move(s); feed-forward rows per node now ${rb.boundaries.slice(1).map((b, i) => b - rb.boundaries[i]!).join(", ")} (root first)\n`);
   if (stats.stop === "context") process.stderr.write(`stopped: the context limit of ${ctx} tokens is reached (raise --ctx)\n`);
   e.close();
   return 0;
@@ -188,7 +185,6 @@ function clusterOptions(flags: ParsedFlags) {
   if (verify !== "fast" && verify !== "full") throw new UsageError(`--verify must be fast or full (got ${verify})`);
   return {
     split: splitOption(flags.split as string | undefined, workers.length + 1),
-    rebalance: flags.rebalance === true,
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
     maxMemory: maxMemory(flags),
     log: (line: string) => process.stderr.write(`${line}\n`),

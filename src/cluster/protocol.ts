@@ -31,12 +31,6 @@
 //   Speed                u32 weight type (GGML id), u32 MB/s: root to worker with 0 MB/s, a request
 //                        to time its matrix x vector kernel on that type (--split auto); the worker
 //                        answers with what it measured                   = 8
-//   Rebalance            u32 n, n x u32 feed-forward boundary (rows): root to worker under
-//                        SESSION_REBALANCE, before a Step; node i computes rows [b[i], b[i + 1])
-//                        from that step on (partition.ts boundariesProblem)   = 4 + 4n
-//   Timing               u32 µs: worker to root under SESSION_REBALANCE, once per step just before
-//                        its last feed-forward Result: the time it spent computing feed-forward
-//                        outputs in the step                              = 4
 //
 //   layer list           u32 n, n x u32 layer index                       = 4 + 4n
 //   offset index         u32 n, n x (u32 tensor id, u64 byte offset)      = 4 + 12n
@@ -55,7 +49,7 @@ import { MAX_SPLIT_WEIGHT } from "./partition";
 
 /** "DLLM" read as a little-endian u32 (bytes 44 4c 4c 4d). */
 export const MAGIC = 0x4d4c4c44;
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 3;
 export const HEADER_SIZE = 24;
 /** The header's layer field when the message is not about a layer. */
 export const NO_LAYER = 0xffffffff;
@@ -81,14 +75,6 @@ export const SESSION_LOGITS = 0x0002;
  *  sends the sum back as the Partial. Either way every node adds the same values in the same order,
  *  so the residual stream is the same to the bit on every node (partition.ts exchangesPartials). */
 export const SESSION_EXCHANGE = 0x0004;
-/** Session flag bit 3 (only to a worker whose HelloAck has Capability.Rebalance): --rebalance. Every
- *  node holds the feed-forward rows of its reach (partition.ts ffnReach: its share and the margins
- *  around it; the Plan's offset index gives the reach's first rows), the worker reports its
- *  feed-forward time in a Timing message each step, and the root moves the boundaries between the
- *  nodes' rows with Rebalance messages. */
-export const SESSION_REBALANCE = 0x0008;
-/** Largest count in a Rebalance message (node count + 1; partition.ts allows at most the head count). */
-export const MAX_REBALANCE_BOUNDARIES = 65537;
 /** Default largest payload a Framer accepts (and a Writer builds). */
 export const DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024;
 /** Largest node name / model path in a Hello, and Error message (bytes of UTF-8). */
@@ -136,20 +122,15 @@ export const enum MessageType {
   Session = 16,
   /** a worker's measured matrix x vector speed (--split auto) */
   Speed = 17,
-  /** new feed-forward boundaries between the nodes (--rebalance) */
-  Rebalance = 18,
-  /** a worker's feed-forward time in a step (--rebalance) */
-  Timing = 19,
 }
-export const LAST_MESSAGE_TYPE = MessageType.Timing;
 
 const MESSAGE_TYPE_NAMES = [
   "?", "Hello", "HelloAck", "Challenge", "ChallengeResponse", "Plan", "PlanAck",
-  "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session", "Speed", "Rebalance", "Timing",
+  "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session", "Speed",
 ];
 
 export function isMessageType(t: number): t is MessageType {
-  return Number.isInteger(t) && t >= MessageType.Hello && t <= LAST_MESSAGE_TYPE;
+  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Speed;
 }
 
 export function messageTypeName(t: number): string {
@@ -165,8 +146,6 @@ export const enum Capability {
   FullMd5 = 1 << 3,
   /** in a worker's HelloAck: it can compute its rows of the output projection (SESSION_LOGITS) */
   Logits = 1 << 4,
-  /** in a worker's HelloAck: it maps its weights and can hold a feed-forward reach (SESSION_REBALANCE) */
-  Rebalance = 1 << 5,
 }
 export const ALL_CAPABILITIES = Capability.Q8_0 | Capability.F16 | Capability.F32;
 
@@ -273,9 +252,7 @@ export type Message =
   | { type: MessageType.Pong; time: number }
   | { type: MessageType.Step; pos: number; logits: number; tokens: Uint32Array }
   | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number; weights: number[] }
-  | { type: MessageType.Speed; weightType: number; mbPerSecond: number }
-  | { type: MessageType.Rebalance; boundaries: number[] }
-  | { type: MessageType.Timing; micros: number };
+  | { type: MessageType.Speed; weightType: number; mbPerSecond: number };
 
 // ---- Reader -------------------------------------------------------------------------------------
 
@@ -730,14 +707,6 @@ function writePayload(w: Writer, m: Message): void {
     case MessageType.Speed:
       w.u32(m.weightType).u32(m.mbPerSecond);
       break;
-    case MessageType.Rebalance:
-      if (m.boundaries.length < 2 || m.boundaries.length > MAX_REBALANCE_BOUNDARIES) throw new RangeError(`Rebalance: ${m.boundaries.length} boundaries`);
-      w.u32(m.boundaries.length);
-      for (const b of m.boundaries) w.u32(b);
-      break;
-    case MessageType.Timing:
-      w.u32(m.micros);
-      break;
   }
 }
 
@@ -847,20 +816,8 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
     case MessageType.Speed:
       m = { type, weightType: r.u32("weight_type"), mbPerSecond: r.u32("mb_per_second") };
       break;
-    case MessageType.Rebalance: {
-      const n = r.u32("n");
-      if (n < 2 || n > MAX_REBALANCE_BOUNDARIES) throw new ProtocolError("Rebalance.n", `Rebalance: ${n} boundaries (2..${MAX_REBALANCE_BOUNDARIES})`);
-      if (n * 4 !== r.remaining) throw new ProtocolError("Rebalance.n", `Rebalance: ${n} boundaries need ${n * 4} bytes, ${r.remaining} left`);
-      const boundaries: number[] = new Array(n);
-      for (let i = 0; i < n; i++) boundaries[i] = r.u32(`boundaries[${i}]`);
-      m = { type, boundaries };
-      break;
-    }
-    case MessageType.Timing:
-      m = { type, micros: r.u32("micros") };
-      break;
     default:
-      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${LAST_MESSAGE_TYPE})`);
+      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Speed})`);
   }
   r.done();
   return m;

@@ -4,13 +4,12 @@
 // nonsense stops the root with a message naming it.
 import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
-import { Phase, type Peers, type SliceCompute } from "../model/llama";
+import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
-import { boundariesProblem, checkWeights, equalWeights, exchangesPartials, ffnReach, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
-import { Rebalancer } from "./rebalance";
+import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
 import { dominantType, measureSpeed, weightsFromSpeeds } from "./speed";
 import { ggmlTypeName } from "../model/gguf";
 import { type FileIdentity } from "./storage";
@@ -26,14 +25,12 @@ import {
   FLAG_STATS_RESET,
   HEADER_SIZE,
   MessageType,
-  messageTypeName,
   tensorMetaBytes,
   PROTOCOL_VERSION,
   roundTripActivation,
   SESSION_EXCHANGE,
   SESSION_LOGITS,
   SESSION_PROFILE,
-  SESSION_REBALANCE,
   writeActivationFrame,
   writeMessage,
   type WireType,
@@ -61,9 +58,6 @@ export interface ClusterOptions {
   split?: number[] | "auto";
   /** progress and the chosen split */
   log?: (line: string) => void;
-  /** --rebalance: move feed-forward rows between the nodes while running (rebalance.ts); off when the
-   *  root or a worker streams its weights (--max-memory) */
-  rebalance?: boolean;
 }
 
 export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
@@ -141,19 +135,6 @@ export class ClusterPeers implements Peers {
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
   /** every node's slice, the root's first */
   slices: Slice[] = [];
-  /** --rebalance: every node's feed-forward reach (the rows it holds), the root's first; else null */
-  reaches: Range[] | null = null;
-  /** --rebalance: moves the feed-forward boundaries */
-  rebalancer: Rebalancer | null = null;
-  /** --rebalance: the root's own slice computer (for its feed-forward time) */
-  private local: SliceCompute | null = null;
-  /** --rebalance: boundaries decided after the last step, sent with the next */
-  private moved: number[] | null = null;
-  /** --rebalance: the root's feed-forward rows from this step on */
-  private ownRows: Range | null = null;
-  private micros: number[] = [];
-  private log: ((line: string) => void) | null = null;
-  private align = 1;
 
   private constructor(
     readonly conns: Conn[],
@@ -176,27 +157,16 @@ export class ClusterPeers implements Peers {
     const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
     const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
-      const caps = await Promise.all(conns.map((conn) => peers.hello(conn, identity, o)));
-      const logits = caps.map((x) => (x & Capability.Logits) !== 0);
+      const logits = await Promise.all(conns.map((conn) => peers.hello(conn, identity, o)));
       const weights = o.split === "auto" ? await peers.measuredWeights(g, o) : (o.split ?? equalWeights(nodes));
       const slices = partition(c, nodes, o.align, weights);
       const vocab = splitVocab(c.vocabSize, nodes, weights);
       peers.slices = slices;
-      if (o.rebalance) {
-        const streaming = conns.filter((_, i) => !(caps[i]! & Capability.Rebalance));
-        if (streaming.length) o.log?.(`--rebalance is off: ${streaming.map((x) => x.peer).join(", ")} stream${streaming.length === 1 ? "s" : ""} its weights (--max-memory) and cannot hold more feed-forward rows than its share`);
-        else {
-          peers.reaches = slices.map((_, i) => ffnReach(slices, i, o.align));
-          peers.rebalancer = new Rebalancer(slices, o.align);
-          peers.log = o.log ?? null;
-          peers.align = o.align;
-        }
-      }
       if (weights.some((w) => w !== weights[0])) {
         const who = (i: number) => (i === 0 ? "root" : conns[i - 1]!.peer);
         o.log?.(`shares by weight ${weights.join(":")}: ${slices.map((x, i) => `${who(i)} KV heads ${x.kvHeads.start}..${x.kvHeads.end - 1}, feed-forward ${x.ffn.start}..${x.ffn.end - 1}`).join("; ")}`);
       }
-      await Promise.all(conns.map((conn, i) => peers.plan(conn, g, c, slices[i + 1]!, weights, o, i, logits[i]! ? vocab[i + 1]! : null, peers.reaches?.[i + 1] ?? null)));
+      await Promise.all(conns.map((conn, i) => peers.plan(conn, g, c, slices[i + 1]!, weights, o, i, logits[i]! ? vocab[i + 1]! : null)));
       // the rows the root computes itself, merged where they touch
       for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.workerRows[i])]) {
         const last = peers.localLogitRows[peers.localLogitRows.length - 1];
@@ -210,8 +180,8 @@ export class ClusterPeers implements Peers {
     return peers;
   }
 
-  /** Hello, the secret, the model file's identity. Resolves to the worker's capabilities. */
-  private async hello(conn: Conn, id: FileIdentity, o: ClusterOptions): Promise<number> {
+  /** Hello, the secret, the model file's identity. Resolves to whether the worker computes logits. */
+  private async hello(conn: Conn, id: FileIdentity, o: ClusterOptions): Promise<boolean> {
     const t = 10_000;
     const full = o.verifyFull && id.fullMd5;
     const capabilities = ALL_CAPABILITIES | (full ? Capability.FullMd5 : 0);
@@ -226,7 +196,7 @@ export class ClusterPeers implements Peers {
     if (r.message.type === MessageType.Error) throw new Error(`${conn.peer}: ${r.message.message}`);
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
     // a worker that can computes its share of the logits (one more round trip per step, half the rows)
-    return r.message.capabilities;
+    return (r.message.capabilities & Capability.Logits) !== 0;
   }
 
   /** --split auto: every node times its matrix x vector kernel at once; the weights are the speeds. */
@@ -241,13 +211,11 @@ export class ClusterPeers implements Peers {
   }
 
   /** The session settings and the plan: the slice the worker computes, and the file offsets of it. */
-  private async plan(conn: Conn, g: GGUFFile, c: ModelConfig, slice: Slice, weights: number[], o: ClusterOptions, index: number, vocab: Range | null, reach: Range | null): Promise<void> {
+  private async plan(conn: Conn, g: GGUFFile, c: ModelConfig, slice: Slice, weights: number[], o: ClusterOptions, index: number, vocab: Range | null): Promise<void> {
     const nodes = weights.length;
-    const flags = (o.profiler ? SESSION_PROFILE : 0) | (vocab ? SESSION_LOGITS : 0) | (exchangesPartials(nodes) ? SESSION_EXCHANGE : 0) | (reach ? SESSION_REBALANCE : 0);
+    const flags = (o.profiler ? SESSION_PROFILE : 0) | (vocab ? SESSION_LOGITS : 0) | (exchangesPartials(nodes) ? SESSION_EXCHANGE : 0);
     conn.send({ type: MessageType.Session, node: slice.node, nodes, wire: o.wire, nCtx: o.nCtx, kvType: o.kvType, flags, weights });
-    // under --rebalance the worker holds (and the offsets give) its reach's feed-forward rows
-    const held = reach ? { ...slice, ffn: reach } : slice;
-    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, held, vocab ?? undefined) });
+    conn.send({ type: MessageType.Plan, layers: Array.from({ length: c.nLayers }, (_, i) => i), offsets: sliceOffsets(g, c, slice, vocab ?? undefined) });
     await conn.expect(MessageType.PlanAck, 10_000, "the plan");
     if (vocab) this.workerRows[index] = vocab;
   }
@@ -258,14 +226,6 @@ export class ClusterPeers implements Peers {
     // logits of many tokens (perplexity) above a frame's limit: the root computes them all
     this.splitLogits = logits > 0 && most > 0 && logits * most * 4 + 64 <= DEFAULT_MAX_PAYLOAD;
     const ids = Uint32Array.from(tokens);
-    const moved = this.moved;
-    if (moved) {
-      // the new boundaries go out before the step they apply to
-      for (const conn of this.conns) conn.send({ type: MessageType.Rebalance, boundaries: moved });
-      this.stats.bytesOut += this.conns.length * (HEADER_SIZE + 4 + 4 * moved.length);
-      this.ownRows = { start: moved[0]!, end: moved[1]! };
-      this.moved = null;
-    }
     for (let i = 0; i < this.conns.length; i++) {
       this.conns[i]!.send({ type: MessageType.Step, pos: pos0, logits: this.splitLogits && this.workerRows[i] ? logits : 0, tokens: ids });
     }
@@ -290,7 +250,6 @@ export class ClusterPeers implements Peers {
     let t = p ? p.start() : 0;
     const conns = this.conns;
     // one worker (the common case): no Promise.all and no array of promises per reduction
-    if (this.rebalancer && phase === Phase.FeedForward && layer === this.c.nLayers - 1) await this.timings(n, what);
     const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await Promise.all(conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
@@ -312,42 +271,6 @@ export class ClusterPeers implements Peers {
       for (const conn of conns) this.sendPartial(conn, layer, phase, own, shape);
       roundTripActivation(this.k, own, shape, this.wire);
     }
-  }
-
-  /** --rebalance, at the step's last feed-forward reduction: every node's feed-forward time in the
-   *  step (the workers send theirs just before their Result); decides the next step's boundaries. */
-  private async timings(n: number, what: string): Promise<void> {
-    const conns = this.conns, rb = this.rebalancer!;
-    const got = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await Promise.all(conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
-    this.micros.length = 0;
-    this.micros.push(this.local ? this.local.takeFfnMicros() : 0);
-    for (let i = 0; i < got.length; i++) {
-      const m = got[i]!.message;
-      if (m.type === MessageType.Error) throw new Error(`${conns[i]!.peer}: ${m.message}`);
-      if (m.type !== MessageType.Timing) throw new Error(`${conns[i]!.peer} answered ${what} with ${messageTypeName(m.type)}, expected its Timing (--rebalance)`);
-      this.micros.push(m.micros);
-      this.stats.bytesIn += HEADER_SIZE + 4;
-    }
-    const old = rb.boundaries; // observe() replaces the array when it moves them
-    const next = rb.observe(this.micros, n);
-    if (!next) return;
-    const problem = boundariesProblem(next, this.slices, this.align);
-    if (problem) throw new Error(`--rebalance chose boundaries the workers would refuse: ${problem}`);
-    this.moved = next;
-    if (rb.moves <= 5 && this.log) {
-      const who = (i: number) => (i === 0 ? "root" : conns[i - 1]!.peer);
-      this.log(`rebalance${rb.moves === 5 ? " (further moves not logged)" : ""}: feed-forward rows ${next.slice(0, -1).map((b, i) => `${who(i)} ${b}..${next[i + 1]! - 1}`).join(", ")} (µs per row in the last token: ${this.micros.map((t, i) => (t / (old[i + 1]! - old[i]!)).toFixed(2)).join(", ")})`);
-    }
-  }
-
-  attach(local: SliceCompute): void {
-    this.local = local;
-  }
-
-  ffnRows(): Range | null {
-    const r = this.ownRows;
-    this.ownRows = null;
-    return r;
   }
 
   private sendPartial(conn: Conn, layer: number, phase: Phase, x: Float32Array, shape: number[]): void {

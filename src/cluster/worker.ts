@@ -5,7 +5,7 @@
 import { createHmac, randomBytes } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile, ggmlTypeName } from "../model/gguf";
-import { type KVCache, LlamaModel, loadWeights, type Peers, Phase, type SliceCompute } from "../model/llama";
+import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
@@ -14,7 +14,7 @@ import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
-import { boundariesProblem, ffnReach, partition, type Range, type Slice, splitVocab } from "./partition";
+import { partition, type Range, type Slice, splitVocab } from "./partition";
 import type { ModelConfig } from "../model/config";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
@@ -33,10 +33,8 @@ import {
   roundTripActivation,
   SESSION_EXCHANGE,
   SESSION_LOGITS,
-  SESSION_REBALANCE,
   SESSION_PROFILE,
   writeActivationFrame,
-  writeMessage,
   type Message,
   type WireType,
 } from "./protocol";
@@ -125,7 +123,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     }
     if (session) throw refuse(conn, ErrorCode.Busy, `worker ${name} is busy serving another root`);
     // a worker streaming its weights through --max-memory keeps the output matrix out of its budget
-    const capabilities = ALL_CAPABILITIES | (o.maxMemory === undefined ? Capability.Logits | Capability.Rebalance : 0);
+    const capabilities = ALL_CAPABILITIES | (o.maxMemory === undefined ? Capability.Logits : 0);
     conn.send({ type: MessageType.HelloAck, version: PROTOCOL_VERSION, capabilities, name, model: { path: identity.path, size: identity.size, sampleMd5: md5FromHex(identity.fastMd5) } });
 
     // ---- --split auto: time the kernel the root names; then the session and plan: map the file,
@@ -150,11 +148,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const slice = slices[s.node]!;
     if (s.flags & SESSION_LOGITS && !(capabilities & Capability.Logits)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name} streams its weights (--max-memory) and does not compute logits`);
     const logitRows = s.flags & SESSION_LOGITS ? splitVocab(config.vocabSize, s.nodes, s.weights)[s.node]! : undefined;
-    if (s.flags & SESSION_REBALANCE && !(capabilities & Capability.Rebalance)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name} streams its weights (--max-memory) and cannot hold more feed-forward rows than its share (--rebalance)`);
-    // --rebalance: this node holds the feed-forward rows of its reach, and the offsets give those
-    const align = alignmentOf(weights);
-    const reach = s.flags & SESSION_REBALANCE ? ffnReach(slices, s.node, align) : null;
-    const mine = sliceOffsets(g, config, reach ? { ...slice, ffn: reach } : slice, logitRows);
+    const mine = sliceOffsets(g, config, slice, logitRows);
     const wrong = mine.findIndex((e, i) => plan.offsets[i]?.tensor !== e.tensor || plan.offsets[i]?.offset !== e.offset);
     if (wrong >= 0 || plan.offsets.length !== mine.length) {
       throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: the plan's byte offsets do not match this file's layout (entry ${wrong}): refusing to compute a wrong slice`);
@@ -177,11 +171,11 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     }
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
     const spin = o.spinner === undefined ? spinner : o.spinner;
-    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, idle, spin, reach !== null);
-    const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed, reach);
+    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, idle, spin);
+    const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
     session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType) };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
-    log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${reach ? ` within ${reach.start}..${reach.end - 1} (--rebalance)` : ""}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
+    log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
     // ---- steps
     let answered = false; // a step just ended: the root's next Step is due within a token's time
@@ -198,12 +192,6 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       if (m.type === MessageType.Stats) {
         conn.send({ type: MessageType.Stats, stats: session.prof?.toStats() ?? [] });
         if (r.flags & FLAG_STATS_RESET) session.prof?.reset();
-        continue;
-      }
-      if (m.type === MessageType.Rebalance) {
-        const problem = reach ? boundariesProblem(m.boundaries, slices, align) : "the session has no --rebalance";
-        if (problem) throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: bad Rebalance: ${problem}`);
-        session.link.moveTo({ start: m.boundaries[s.node]!, end: m.boundaries[s.node + 1]! });
         continue;
       }
       if (m.type !== MessageType.Step) throw refuse(conn, ErrorCode.BadPlan, `unexpected ${messageTypeName(m.type)} between steps`);
@@ -284,40 +272,16 @@ class RootLink implements Peers {
     private readonly prof: Profiler | null,
     private readonly waitMs: number,
     private readonly spinner: Spinner | null,
-    /** SESSION_REBALANCE: a Timing message before the step's last feed-forward Result */
-    private readonly rebalance = false,
   ) {}
-  private local: SliceCompute | null = null;
-  private moved: Range | null = null;
 
   begin(): void {
     // the root started the step (its Step message is what runs forward() here)
-  }
-
-  attach(local: SliceCompute): void {
-    this.local = local;
-  }
-
-  /** A Rebalance message: the feed-forward rows from the next step on. */
-  moveTo(r: Range): void {
-    this.moved = r;
-  }
-
-  ffnRows(): Range | null {
-    const r = this.moved;
-    this.moved = null;
-    return r;
   }
 
   async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
     const { conn, k, prof: p } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
     const own = part.subarray(0, size);
     let t = p ? p.start() : 0;
-    if (this.rebalance && ffn && layer === this.c.nLayers - 1) {
-      // the step's feed-forward work is done: its time goes out with (just before) the last Result
-      const micros = Math.max(1, Math.min(MAX_U32, Math.round(this.local ? this.local.takeFfnMicros() : 0)));
-      writeMessage(conn.writer, { type: MessageType.Timing, micros }, { seq: conn.nextSeq() });
-    }
     writeActivationFrame(conn.writer, k, MessageType.Result, { seq: conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
     if (p) t = p.lap(Op.WireCompress, t);
     conn.flushWriter();

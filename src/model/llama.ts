@@ -300,19 +300,10 @@ export class KVCache {
  * whole model, these are the layer's full attention and feed-forward outputs.
  */
 export class SliceCompute {
-  /** per layer: the slices of this node's reach (its feed-forward rows and, under --rebalance, the
-   *  margins around them) */
   readonly layers: LayerSlice[];
   readonly qDim: number;
   readonly kvDim: number;
-  /** the feed-forward rows this node holds: its slice's, or a wider reach under --rebalance */
-  readonly reach: Range;
-  /** the feed-forward rows it computes now (within the reach) */
-  ffn: Range;
-  /** µs spent in feedForward() since the last takeFfnMicros() (--rebalance weighs the nodes by it) */
-  private ffnMicros = 0;
-  /** per layer: the feed-forward matrices of `ffn`, views into the reach's */
-  private ffnViews: { wGate: Matrix; wUp: Matrix; wDown: ColumnSlice }[] = [];
+  readonly ffnDim: number;
   private scratch: Scratch;
   private readonly act: Activation;
   private readonly act2: Activation;
@@ -326,15 +317,9 @@ export class SliceCompute {
     readonly prof: Profiler | null = null,
     /** the slices read from disk through a memory budget (--max-memory) instead of mapped */
     readonly streamed: StreamedWeights | null = null,
-    /** the feed-forward rows to hold (default: the slice's); streamed weights hold only the slice's */
-    reach: Range | null = null,
   ) {
-    this.reach = reach ?? slice.ffn;
-    if (this.reach.start > slice.ffn.start || this.reach.end < slice.ffn.end) throw new Error(`feed-forward reach ${this.reach.start}..${this.reach.end} does not cover the slice's ${slice.ffn.start}..${slice.ffn.end}`);
-    if (streamed && (this.reach.start !== slice.ffn.start || this.reach.end !== slice.ffn.end)) throw new Error("streamed weights (--max-memory) hold only the slice's feed-forward rows: no --rebalance");
-    const held = { ...slice, ffn: this.reach };
     this.layers = weights.layers.map((L) => {
-      const S = sliceLayer(L, config, held);
+      const S = sliceLayer(L, config, slice);
       // mapped weights: the column slices are read from copies (streamed ones come in whole row spans)
       if (streamed) return S;
       const wo = contiguous(S.wo), wDown = contiguous(S.wDown);
@@ -347,46 +332,20 @@ export class SliceCompute {
     });
     this.qDim = (slice.heads.end - slice.heads.start) * config.headDim;
     this.kvDim = (slice.kvHeads.end - slice.kvHeads.start) * config.headDim;
-    this.ffn = slice.ffn;
-    this.setFfn(slice.ffn);
-    this.scratch = new Scratch(1, this.qDim, this.kvDim, this.reach.end - this.reach.start);
+    this.ffnDim = slice.ffn.end - slice.ffn.start;
+    this.scratch = new Scratch(1, this.qDim, this.kvDim, this.ffnDim);
     this.act = new Activation(k);
     this.act2 = new Activation(k);
     this.ropeFreqs = weights.ropeFreqs;
   }
   private readonly ropeFreqs: Float32Array;
 
-  /** the number of feed-forward rows computed now */
-  get ffnDim(): number {
-    return this.ffn.end - this.ffn.start;
-  }
-
-  /** Computes feed-forward rows `r` from now on (within the reach; --rebalance moves them). */
-  setFfn(r: Range): void {
-    const { start: r0, end: r1 } = this.reach;
-    if (r.start < r0 || r.end > r1 || r.start >= r.end) throw new Error(`feed-forward rows ${r.start}..${r.end - 1} are outside this node's reach ${r0}..${r1 - 1}`);
-    this.ffn = { start: r.start, end: r.end };
-    if (this.streamed) return; // the slice's own rows (checked in the constructor): the streamed layers as they come
-    this.ffnViews = this.layers.map((S) => ({
-      wGate: rows(S.wGate, r.start - r0, r.end - r0),
-      wUp: rows(S.wUp, r.start - r0, r.end - r0),
-      wDown: columns(S.wDown, r.start - r0, r.end - r0),
-    }));
-  }
-
-  /** µs spent computing feed-forward outputs since the last call. */
-  takeFfnMicros(): number {
-    const t = this.ffnMicros;
-    this.ffnMicros = 0;
-    return t;
-  }
-
   newCache(nCtx: number, type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32): KVCache {
     return new KVCache(nCtx, this.config, type, this.slice.kvHeads.end - this.slice.kvHeads.start);
   }
 
   private ensure(n: number): Scratch {
-    if (this.scratch.cap < n) this.scratch = new Scratch(n, this.qDim, this.kvDim, this.reach.end - this.reach.start);
+    if (this.scratch.cap < n) this.scratch = new Scratch(n, this.qDim, this.kvDim, this.ffnDim);
     return this.scratch;
   }
 
@@ -435,14 +394,12 @@ export class SliceCompute {
 
   /** out (n, dim) = this slice's part of layer l's feed-forward output for the normalised input h. */
   async feedForward(l: number, h: Float32Array, n: number, out: Float32Array): Promise<void> {
-    const L = this.streamed ? await this.load(l, Phase.FeedForward) : this.ffnViews[l]!, s = this.ensure(n);
-    const t0 = performance.now(), ffnDim = this.ffnDim;
+    const L = await this.load(l, Phase.FeedForward), s = this.ensure(n);
     this.act.set(h, n * this.config.dim);
     this.matmul(Op.FfnGate, s.gate, L.wGate, this.act, n);
     this.matmul(Op.FfnUp, s.up, L.wUp, this.act, n);
-    this.k.swiglu(s.gate, s.gate, s.up, n * ffnDim);
-    this.matmul(Op.FfnDown, out, L.wDown, this.act2.set(s.gate, n * ffnDim), n);
-    this.ffnMicros += (performance.now() - t0) * 1000;
+    this.k.swiglu(s.gate, s.gate, s.up, n * this.ffnDim);
+    this.matmul(Op.FfnDown, out, L.wDown, this.act2.set(s.gate, n * this.ffnDim), n);
     this.streamed?.release(l, Phase.FeedForward);
   }
 }
@@ -471,11 +428,6 @@ export interface Peers {
   /** After this node computed its rows into `logits` (n rows of the vocabulary): the root copies in
    *  the other nodes' rows, a worker sends its own. */
   finishLogits(logits: Float32Array, n: number): Promise<void>;
-  /** --rebalance: the node's own slice computer (the peers read its feed-forward time) */
-  attach?(local: SliceCompute): void;
-  /** --rebalance, after begin(): the feed-forward rows this node computes from this step on, when
-   *  they move, else null */
-  ffnRows?(): Range | null;
 }
 
 /** A node's view of the model: embeddings, its own copy of the residual stream, norms and logits,
@@ -495,12 +447,9 @@ export class LlamaModel {
     readonly peers: Peers | null = null,
     readonly prof: Profiler | null = null,
     readonly streamed: StreamedWeights | null = null,
-    /** --rebalance: the feed-forward rows this node holds beyond its slice's (partition.ts ffnReach) */
-    reach: Range | null = null,
   ) {
-    this.local = new SliceCompute(config, weights, k, slice, prof, streamed, reach);
+    this.local = new SliceCompute(config, weights, k, slice, prof, streamed);
     this.act = new Activation(k);
-    peers?.attach?.(this.local);
   }
 
   newCache(nCtx: number, type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32): KVCache {
@@ -528,8 +477,6 @@ export class LlamaModel {
       if (!Number.isInteger(t) || t < 0 || t >= c.vocabSize) throw new Error(`forward: token id ${t} is outside the vocabulary (0..${c.vocabSize - 1})`);
     }
     peers?.begin(pos0, tokens, this.streamed ? 0 : count);
-    const moved = peers?.ffnRows?.();
-    if (moved) this.local.setFfn(moved);
 
     // token embeddings: rows of token_embd, dequantised
     const embRow = typeBytes(w.tokenEmbd.type, c.dim);
