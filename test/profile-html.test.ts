@@ -6,6 +6,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { renderHtml } from "../src/profile/html";
+import { formatProfile } from "../src/profile/run";
+import { balanceOf, type ModelShape } from "../src/profile/balance";
+import { GGMLType } from "../src/native/types";
+import type { ModelConfig } from "../src/model/config";
 import type { NodeProfile, OpGroup, OpRow, ProfileReport } from "../src/profile/report";
 import { type Browser, findChromium, launchChromium, type Params } from "./helpers/cdp";
 
@@ -67,8 +71,63 @@ function report(): ProfileReport {
     decode: { tokens: 64, seconds: 3.14, tokensPerSecond: 20.4, msPerToken: 49.1 },
     overhead: { nsPerTimer: 38, timersPerToken: 1300, share: 0.001 },
     perNode,
+    balance: balanceOf(perNode),
   };
 }
+
+test("balance: per node the MB its matmuls read per token, in how many ms, and --split weights from those speeds", () => {
+  // the root's matmuls: 3.1 ms at 9.8 GB/s, ..., its logits 6.2 ms at 11.1 GB/s and the embedding row
+  const root = node("root", "root", specs(true, 1, 0));
+  // a worker whose matmuls take twice as long for the same bytes (half the GB/s)
+  const slow = node("worker 10.0.0.2:9998", "worker", specs(false, 1, 0).map(([op, l, g, ms, c, gb]) => [op, l, g, gb === null ? ms : 2 * ms, c, gb === null ? null : gb / 2] as Spec));
+  const b = balanceOf([root, slow]);
+  const mb = 3.1 * 9.8 + 0.42 * 9.1 + 0.41 * 9.2 + 3.0 * 9.9 + 8.1 * 10.2 + 8.0 * 10.3 + 8.3 * 10.0;
+  const ms = 3.1 + 0.42 + 0.41 + 3.0 + 8.1 + 8.0 + 8.3;
+  expect(b.nodes[0]!.weightMB).toBeCloseTo(mb + 0.02 * 1.1 + 6.2 * 11.1, 6);
+  expect(b.nodes[0]!.weightMs).toBeCloseTo(ms + 0.02 + 6.2, 6);
+  expect(b.nodes[1]!.weightMB).toBeCloseTo(mb, 6);
+  expect(b.nodes[1]!.weightMs).toBeCloseTo(2 * ms, 6);
+  expect(b.nodes[1]!.mbPerSecond).toBeCloseTo((mb / (2 * ms)) * 1000, 6);
+  expect(b.spread).toBeCloseTo((2 * ms) / (ms + 6.22), 6);
+  // shares in proportion to the speeds: the worker's weight about half the root's
+  expect(b.suggestedSplit).toEqual([Math.round(b.nodes[0]!.mbPerSecond), Math.round(b.nodes[1]!.mbPerSecond)]);
+  expect(b.suggestedSplit[0]! / b.suggestedSplit[1]!).toBeGreaterThan(1.9);
+  const text = formatProfile({ ...report(), nodes: 2, perNode: [root, slow], balance: b });
+  expect(text).toContain(`--split ${b.suggestedSplit.join(",")} (shares in proportion to these speeds) would even them out`);
+  // equal nodes: nothing to change
+  const even = balanceOf([root, node("worker 10.0.0.2:9998", "worker", specs(true, 1, 0))]);
+  expect(even.spread).toBeCloseTo(1, 9);
+  expect(even.predictedMs).toBeNull();
+  expect(formatProfile({ ...report(), nodes: 2, perNode: [root, root], balance: even })).toContain("the split fits these machines");
+
+  // with the model's shape: the split predicted fastest, per phase (whole KV heads for attention)
+  const q4 = { type: GGMLType.Q4_0 };
+  const shape: ModelShape = {
+    config: { dim: 2048, nHeads: 32, nKvHeads: 4, headDim: 64, hiddenDim: 5632, nLayers: 22, vocabSize: 32000 } as ModelConfig,
+    weights: { layers: [{ wq: q4, wk: q4, wv: q4, wo: q4, wGate: q4, wUp: q4, wDown: q4 }], output: q4 } as unknown as ModelShape["weights"],
+    align: 32,
+  };
+  const [rootW, slowW] = [node("root", "root", specs(true, 1, 0)), slow];
+  // the worker computes logits too (its rows at half the root's speed)
+  slowW.ops.find((o) => o.op === "logits")!.msPerToken = 12.4;
+  slowW.ops.find((o) => o.op === "logits")!.gbPerSecond = 5.55;
+  const p = balanceOf([rootW, slowW], shape, [1, 1]);
+  expect(p.predictedMs).not.toBeNull();
+  // about twice the root's share for the root, and much less time than the even split
+  expect(p.suggestedSplit[0]! / p.suggestedSplit[1]!).toBeGreaterThan(1.5);
+  expect(p.suggestedSplit[0]! / p.suggestedSplit[1]!).toBeLessThan(3);
+  expect(p.predictedMs!.suggested).toBeLessThan(p.predictedMs!.current * 0.8);
+  expect(formatProfile({ ...report(), nodes: 2, perNode: [rootW, slowW], balance: p })).toMatch(/--split \d+,\d+ is predicted to take [\d.]+ ms of matmuls per token instead of [\d.]+ \(\d+ % less/);
+  // equal speeds: the even split is already the best
+  const fits = balanceOf([rootW, node("worker 10.0.0.2:9998", "worker", specs(true, 1, 0))], shape, [1, 1]);
+  expect(fits.predictedMs!.suggested).toBeGreaterThan(fits.predictedMs!.current * 0.97);
+  expect(formatProfile({ ...report(), nodes: 2, perNode: [rootW, rootW], balance: fits })).toContain("the split fits these machines: none is predicted more than 3 % faster");
+  // three nodes, one slow: it gets the smallest weight; the search never leaves the model's limits
+  const three = balanceOf([rootW, rootW, slowW], shape, [1, 1, 1]);
+  expect(three.suggestedSplit.length).toBe(3);
+  expect(three.suggestedSplit[2]!).toBeLessThan(Math.min(three.suggestedSplit[0]!, three.suggestedSplit[1]!));
+  expect(three.predictedMs!.suggested).toBeLessThan(three.predictedMs!.current);
+});
 
 describe("renderHtml", () => {
   const r = report();

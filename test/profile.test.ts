@@ -45,7 +45,21 @@ const OP_IDS = [...OPS.map((o) => o.id), "unaccounted"];
 
 /** The shape of --json, pinned: changing it breaks users' scripts. */
 function checkShape(r: ProfileReport, nodes: number): void {
-  expect(Object.keys(r).sort()).toEqual(["decode", "kernels", "model", "nodes", "overhead", "perNode", "prompt", "schema", "threads", "wire"]);
+  expect(Object.keys(r).sort()).toEqual(["balance", "decode", "kernels", "model", "nodes", "overhead", "perNode", "prompt", "schema", "threads", "wire"]);
+  if (nodes === 1) expect(r.balance).toBeNull();
+  else {
+    expect(Object.keys(r.balance!).sort()).toEqual(["nodes", "predictedMs", "spread", "suggestedSplit"]);
+    expect(r.balance!.predictedMs!.suggested).toBeLessThanOrEqual(r.balance!.predictedMs!.current + 1e-9);
+    expect(r.balance!.nodes.map((n) => n.name)).toEqual(r.perNode.map((n) => n.name));
+    for (const n of r.balance!.nodes) {
+      expect(Object.keys(n).sort()).toEqual(["mbPerSecond", "name", "weightMB", "weightMs"]);
+      expect(n.weightMB).toBeGreaterThan(0);
+      expect(n.mbPerSecond).toBeGreaterThan(0);
+    }
+    expect(r.balance!.spread).toBeGreaterThanOrEqual(1);
+    expect(r.balance!.suggestedSplit.length).toBe(nodes);
+    for (const w of r.balance!.suggestedSplit) expect(Number.isInteger(w) && w >= 1).toBe(true);
+  }
   expect(r.schema).toBe("dairllm.profile/1");
   expect(Object.keys(r.model).sort()).toEqual(["arch", "bytes", "dim", "layers", "params", "path", "type"]);
   expect(Object.keys(r.prompt).sort()).toEqual(["seconds", "tokens", "tokensPerSecond"]);
@@ -131,6 +145,8 @@ describe("profile command", () => {
     }
     expect(r.err).toContain(`worker ${addrs[0]}:`);
     expect(r.err).toContain("network vs compute per token:");
+    expect(r.err).toMatch(/balance: every reduction waits for the node that finishes last/);
+    expect(r.err).toMatch(/the split fits these machines|--split \d+,\d+,\d+ is predicted to take/);
     const page = readFileSync(html, "utf8");
     expect(page).toContain("<html");
     expect(page).not.toMatch(/<script[^>]+src=|<link[^>]+href=|https?:\/\//);

@@ -135,6 +135,8 @@ export class ClusterPeers implements Peers {
   readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
   /** every node's slice, the root's first */
   slices: Slice[] = [];
+  /** the relative weights the shares were cut by (--split), the root first */
+  weights: number[] = [];
 
   private constructor(
     readonly conns: Conn[],
@@ -162,6 +164,7 @@ export class ClusterPeers implements Peers {
       const slices = partition(c, nodes, o.align, weights);
       const vocab = splitVocab(c.vocabSize, nodes, weights);
       peers.slices = slices;
+      peers.weights = weights;
       if (weights.some((w) => w !== weights[0])) {
         const who = (i: number) => (i === 0 ? "root" : conns[i - 1]!.peer);
         o.log?.(`shares by weight ${weights.join(":")}: ${slices.map((x, i) => `${who(i)} KV heads ${x.kvHeads.start}..${x.kvHeads.end - 1}, feed-forward ${x.ffn.start}..${x.ffn.end - 1}`).join("; ")}`);

@@ -43,4 +43,22 @@ export interface ProfileReport {
   /** the profiler's own cost: ns per timed call, calls per token, and the share of a token it adds */
   overhead: { nsPerTimer: number; timersPerToken: number; share: number };
   perNode: NodeProfile[];
+  /** a cluster's balance (null on one node): how fast each node read its weights, and the --split
+   *  weights that would make their weight reading take equally long */
+  balance: BalanceReport | null;
+}
+
+export interface BalanceReport {
+  /** per node, in perNode's order: MB of weights its matmuls read per token, in how many ms, and
+   *  the speed (MB/s) */
+  nodes: { name: string; weightMB: number; weightMs: number; mbPerSecond: number }[];
+  /** the slowest node's weight time over the fastest's (1 = balanced) */
+  spread: number;
+  /** --split weights, the root first: the split predicted fastest from each node's measured speed
+   *  per phase (attention projections, feed-forward, logits), or in proportion to the nodes' overall
+   *  speeds when the model's shape was not given */
+  suggestedSplit: number[];
+  /** predicted matmul ms per token (per phase, the slowest node) of the split that ran and of the
+   *  suggested one; null when not predicted */
+  predictedMs: { current: number; suggested: number } | null;
 }
