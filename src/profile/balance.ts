@@ -9,6 +9,7 @@ import type { ModelConfig } from "../model/config";
 import type { Weights } from "../model/llama";
 import { typeBytes } from "../native/types";
 import { MAX_SPLIT_WEIGHT, partition, type Slice, splitVocab } from "../cluster/partition";
+import { weightsFromSpeeds } from "../cluster/speed";
 import type { BalanceReport, NodeProfile } from "./report";
 
 const PHASES = {
@@ -76,7 +77,7 @@ export function balanceOf(perNode: readonly NodeProfile[], shape?: ModelShape, c
   const times = nodes.map((n) => n.weightMs).filter((t) => t > 0);
   const spread = times.length ? Math.max(...times) / Math.min(...times) : 1;
   const overall = nodes.map((n) => Math.max(1, n.mbPerSecond));
-  const report: BalanceReport = { nodes, spread, suggestedSplit: proportional(overall), predictedMs: null };
+  const report: BalanceReport = { nodes, spread, suggestedSplit: weightsFromSpeeds(overall, MAX_SPLIT_WEIGHT), predictedMs: null };
   if (!shape || !current || current.length !== perNode.length) return report;
 
   // each node's speed per phase in MB/ms (= GB/s); a phase it did not run takes its overall speed
@@ -95,16 +96,19 @@ export function balanceOf(perNode: readonly NodeProfile[], shape?: ModelShape, c
       return Infinity; // a split this model cannot take
     }
   };
-  let best = report.suggestedSplit, bestMs = cost(best);
+  // the split that ran is a candidate too: the suggestion is never predicted slower than it
+  const currentMs = cost(current);
+  let best = [...current], bestMs = currentMs;
   const consider = (w: number[]) => {
     const ms = cost(w);
     if (ms < bestMs - 1e-9) [best, bestMs] = [w, ms];
   };
+  consider(weightsFromSpeeds(overall, 100));
   if (perNode.length === 2) {
     for (let r = 1; r < 100; r++) consider([r, 100 - r]);
   } else {
-    // coordinate search from the speeds' proportions, on weights of at most 100
-    best = proportional(overall, 100);
+    // coordinate search from the best so far, on weights of at most 100
+    best = best.some((w) => w > 100) ? weightsFromSpeeds(best, 100) : best;
     bestMs = cost(best);
     for (let round = 0; round < 4; round++) {
       for (let i = 0; i < best.length; i++) {
@@ -116,14 +120,9 @@ export function balanceOf(perNode: readonly NodeProfile[], shape?: ModelShape, c
       }
     }
   }
+  if (!(bestMs <= currentMs)) [best, bestMs] = [[...current], currentMs];
   const g = best.reduce(gcd);
   report.suggestedSplit = best.map((w) => w / g);
-  report.predictedMs = { current: cost(current), suggested: bestMs };
+  report.predictedMs = { current: currentMs, suggested: bestMs };
   return report;
-}
-
-/** Whole-number weights in proportion to `speeds`, the largest `max`. */
-function proportional(speeds: readonly number[], max = MAX_SPLIT_WEIGHT): number[] {
-  const top = Math.max(...speeds);
-  return speeds.map((s) => Math.max(1, Math.round((s / top) * Math.min(max, Math.round(top)))));
 }
