@@ -560,19 +560,31 @@ typedef struct {
     int kv_type;
     const int32_t *pos;
     int64_t n_q, n_heads, group, head_dim, kv_stride, elt;
+    int64_t sub; /* query heads per work item: a whole KV group, or a part of it when there are few groups */
     float scale;
 } attn_task;
 
 static void attn_part(void *p, int64_t ith, int64_t nth) {
     const attn_task *t = (const attn_task *)p;
+    const int64_t per_q = t->n_heads / t->sub; /* work items per query */
     int64_t a, b;
-    split_range(t->n_q * t->n_heads, nth, ith, &a, &b);
+    split_range(t->n_q * per_q, nth, ith, &a, &b);
     for (int64_t i = a; i < b; i++) {
-        const int64_t qi = i / t->n_heads, h = i % t->n_heads, g = h / t->group;
+        const int64_t qi = i / per_q, h = (i % per_q) * t->sub, g = h / t->group;
         const int64_t off = (qi * t->n_heads + h) * t->head_dim;
         t->k->attention(t->out + off, t->q + off, t->kc + g * t->head_dim * t->elt, t->vc + g * t->head_dim * t->elt,
-                        t->kv_type, (int64_t)t->pos[qi] + 1, t->head_dim, t->kv_stride, t->scale);
+                        t->kv_type, (int64_t)t->pos[qi] + 1, t->head_dim, t->kv_stride, t->scale, t->sub);
     }
+}
+
+/* Query heads per attention work item: the query heads of one KV head share a pass over its keys and
+ * values (up to DL_ATTN_MAX_GROUP of them), halved while that leaves fewer than two items per thread. */
+static int64_t attn_heads_per_item(int64_t group, int64_t items_per_head, int64_t nth) {
+    int64_t sub = group;
+    while (sub > DL_ATTN_MAX_GROUP && sub % 2 == 0) sub /= 2;
+    if (sub > DL_ATTN_MAX_GROUP) sub = 1;
+    while (sub % 2 == 0 && items_per_head / sub < 2 * nth) sub /= 2;
+    return sub;
 }
 
 int dl_attention(float *out, const float *q, const void *k, const void *v, int kv_type, const int32_t *pos,
@@ -587,9 +599,11 @@ int dl_attention(float *out, const float *q, const void *k, const void *v, int k
         CHECK(pos[i] >= 0, DL_E_ARG);
         if (pos[i] > max_pos) max_pos = pos[i];
     }
+    const int64_t group = n_heads / n_kv_heads, work = n_q * n_heads * (max_pos + 1) * head_dim * 2;
+    const int64_t sub = attn_heads_per_item(group, n_q * n_heads, threads_for(ctx, n_q * n_heads, work));
     attn_task t = {ctx->k, out, q, (const uint8_t *)k, (const uint8_t *)v, kv_type, pos, n_q, n_heads,
-                   n_heads / n_kv_heads, head_dim, kv_stride, kv_type == DL_TYPE_F16 ? 2 : 4, scale};
-    pool_run(ctx, attn_part, &t, threads_for(ctx, n_q * n_heads, n_q * n_heads * (max_pos + 1) * head_dim * 2));
+                   group, head_dim, kv_stride, kv_type == DL_TYPE_F16 ? 2 : 4, sub, scale};
+    pool_run(ctx, attn_part, &t, threads_for(ctx, n_q * n_heads / sub, work));
     return DL_OK;
 }
 

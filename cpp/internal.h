@@ -11,6 +11,9 @@
 
 #define QK 32 /* values per Q8_0 / Q4_0 block */
 
+/* query heads sharing one pass over a KV head's keys and values in the attention kernel */
+#define DL_ATTN_MAX_GROUP 16
+
 typedef struct {
     uint16_t d;     /* fp16 scale */
     int8_t q[QK];   /* value = d * q */
@@ -41,9 +44,10 @@ typedef struct dl_kernels {
     /* one token: n_heads heads of head_dim at angle pos * freqs[j] */
     void (*rope)(float *out, const float *x, int32_t pos, const float *freqs, int64_t n_heads, int64_t head_dim,
                  int64_t n_rot, int mode);
-    /* one query head over n_kv positions of one KV head (k, v already offset to that head) */
+    /* nh (<= DL_ATTN_MAX_GROUP) consecutive query heads (q, out: nh x head_dim) over n_kv
+     * positions of the one KV head they share (k, v already offset to that head) */
     void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
-                      int64_t head_dim, int64_t kv_stride, float scale);
+                      int64_t head_dim, int64_t kv_stride, float scale, int64_t nh);
     void (*quantize_q8_0)(void *out, const float *x, int64_t n);
     void (*dequantize)(float *out, const void *x, int type, int64_t n);
     void (*f32_to_f16)(uint16_t *out, const float *x, int64_t n);

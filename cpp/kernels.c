@@ -319,58 +319,73 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
     }
 }
 
-/* Online softmax over positions (no score buffer): running max m, running sum l, acc = sum p * v. */
 /* Keys scored per step of the attention's online softmax (a stack array: kernels allocate nothing). */
 #define DL_ATTN_CHUNK 64
 #define DL_ATTN_MAX_HEAD_DIM 256 /* F16 rows converted in stack buffers up to this width */
 
 /*
- * Attention of one query head over n_kv positions: softmax(q . K^T * scale) . V, online over chunks of
- * DL_ATTN_CHUNK keys. Per chunk: the scores, their maximum (the running sums are rescaled when it
- * grows), e^(s - max) for the whole chunk with dl_vexpf (vectorised, no libm call per key), then
- * out += e_j * v_j key by key. The sums run in the same order in every variant.
+ * Attention of nh consecutive query heads that share one KV head (grouped-query attention; nh <=
+ * DL_ATTN_MAX_GROUP): for each head softmax(q . K^T * scale) . V, online over chunks of DL_ATTN_CHUNK
+ * keys. Each key and value row is read (and, from an F16 cache, converted) once for all nh heads
+ * instead of once per head: at long contexts the KV cache is read group-size times less. Per head
+ * and chunk: the scores, their maximum (the running sums are rescaled when it grows), e^(s - max) for
+ * the chunk with dl_vexpf, then out += e_j * v_j four keys per pass. Every head's sums run in the
+ * same order as with one head at a time, in every variant.
  */
 static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
-                        int64_t head_dim, int64_t kv_stride, float scale) {
-    float m = -INFINITY, l = 0.0f, s[DL_ATTN_CHUNK];
+                        int64_t head_dim, int64_t kv_stride, float scale, int64_t nh) {
+    float m[DL_ATTN_MAX_GROUP], l[DL_ATTN_MAX_GROUP], s[DL_ATTN_MAX_GROUP][DL_ATTN_CHUNK];
     /* an F16 cache's keys and values are converted to float a row at a time (vectorised where the
      * variant has an fp16 conversion) and then take the F32 path; rows wider than the buffers take
      * the element-by-element path */
     const int f16 = kv_type == DL_TYPE_F16, rows = f16 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
     float buf[4][DL_ATTN_MAX_HEAD_DIM];
-    for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
+    for (int64_t h = 0; h < nh; h++) {
+        m[h] = -INFINITY, l[h] = 0.0f;
+        for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] = 0.0f;
+    }
     for (int64_t p0 = 0; p0 < n_kv; p0 += DL_ATTN_CHUNK) {
         const int64_t n = n_kv - p0 < DL_ATTN_CHUNK ? n_kv - p0 : DL_ATTN_CHUNK;
-        float cm = -INFINITY;
         for (int64_t j = 0; j < n; j++) {
-            float x;
+            const float *kr = NULL;
+            const uint16_t *kp = NULL;
             if (rows) {
                 f16_row(buf[0], (const uint16_t *)k + (p0 + j) * kv_stride, head_dim);
-                x = dot_f32(q, buf[0], head_dim);
+                kr = buf[0];
             } else if (f16) {
-                const uint16_t *kp = (const uint16_t *)k + (p0 + j) * kv_stride;
-                x = 0.0f;
-                for (int64_t d = 0; d < head_dim; d++) x += q[d] * dl_h2f(kp[d]);
+                kp = (const uint16_t *)k + (p0 + j) * kv_stride;
             } else {
-                x = dot_f32(q, (const float *)k + (p0 + j) * kv_stride, head_dim);
+                kr = (const float *)k + (p0 + j) * kv_stride;
             }
-            s[j] = x * scale;
-            cm = s[j] > cm ? s[j] : cm;
+            for (int64_t h = 0; h < nh; h++) {
+                const float *qh = q + h * head_dim;
+                float x;
+                if (kr) {
+                    x = dot_f32(qh, kr, head_dim);
+                } else {
+                    x = 0.0f;
+                    for (int64_t d = 0; d < head_dim; d++) x += qh[d] * dl_h2f(kp[d]);
+                }
+                s[h][j] = x * scale;
+            }
         }
-        if (cm > m) {
-            const float c = dl_vexpf(m - cm); /* 0 on the first chunk (m = -inf) */
-            for (int64_t d = 0; d < head_dim; d++) out[d] *= c;
-            l *= c;
-            m = cm;
+        for (int64_t h = 0; h < nh; h++) {
+            float cm = -INFINITY;
+            for (int64_t j = 0; j < n; j++) cm = s[h][j] > cm ? s[h][j] : cm;
+            if (cm > m[h]) {
+                const float c = dl_vexpf(m[h] - cm); /* 0 on the first chunk (m = -inf) */
+                for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] *= c;
+                l[h] *= c;
+                m[h] = cm;
+            }
+            for (int64_t j = 0; j < n; j++) s[h][j] = dl_vexpf(s[h][j] - m[h]);
+            for (int64_t j = 0; j < n; j++) l[h] += s[h][j];
         }
-        for (int64_t j = 0; j < n; j++) s[j] = dl_vexpf(s[j] - m);
-        for (int64_t j = 0; j < n; j++) l += s[j];
         int64_t j = 0;
         if (!f16 || rows) {
-            /* four keys per pass over out: out is loaded and stored once per four, and the sum is
-             * (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
+            /* four keys per pass over each head's out: out is loaded and stored once per four, and the
+             * sum is (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
             for (; j + 4 <= n; j += 4) {
-                const float e0 = s[j], e1 = s[j + 1], e2 = s[j + 2], e3 = s[j + 3];
                 const float *v0, *v1, *v2, *v3;
                 if (rows) {
                     for (int i = 0; i < 4; i++) f16_row(buf[i], (const uint16_t *)v + (p0 + j + i) * kv_stride, head_dim);
@@ -378,22 +393,31 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
                 } else {
                     v0 = (const float *)v + (p0 + j) * kv_stride, v1 = v0 + kv_stride, v2 = v1 + kv_stride, v3 = v2 + kv_stride;
                 }
-                for (int64_t d = 0; d < head_dim; d++) out[d] = out[d] + e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
+                for (int64_t h = 0; h < nh; h++) {
+                    const float e0 = s[h][j], e1 = s[h][j + 1], e2 = s[h][j + 2], e3 = s[h][j + 3];
+                    float *o = out + h * head_dim;
+                    for (int64_t d = 0; d < head_dim; d++) o[d] = o[d] + e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
+                }
             }
         }
         for (; j < n; j++) {
-            const float e = s[j];
-            if (f16) {
-                const uint16_t *vp = (const uint16_t *)v + (p0 + j) * kv_stride;
-                for (int64_t d = 0; d < head_dim; d++) out[d] += e * dl_h2f(vp[d]);
-            } else {
-                const float *vp = (const float *)v + (p0 + j) * kv_stride;
-                for (int64_t d = 0; d < head_dim; d++) out[d] += e * vp[d];
+            for (int64_t h = 0; h < nh; h++) {
+                const float e = s[h][j];
+                float *o = out + h * head_dim;
+                if (f16) {
+                    const uint16_t *vp = (const uint16_t *)v + (p0 + j) * kv_stride;
+                    for (int64_t d = 0; d < head_dim; d++) o[d] += e * dl_h2f(vp[d]);
+                } else {
+                    const float *vp = (const float *)v + (p0 + j) * kv_stride;
+                    for (int64_t d = 0; d < head_dim; d++) o[d] += e * vp[d];
+                }
             }
         }
     }
-    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int64_t d = 0; d < head_dim; d++) out[d] *= inv;
+    for (int64_t h = 0; h < nh; h++) {
+        const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+        for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] *= inv;
+    }
 }
 
 /* ---- conversions --------------------------------------------------------------------------- */

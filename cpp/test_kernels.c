@@ -170,14 +170,27 @@ static void test_scales(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
         float *want = calloc((size_t)(n_tok * rows), 4), *got = calloc((size_t)(n_tok * rows), 4);
         expect_ok(dl_matmul(want, rows, w, 0, type, x, n_in, 0, rows, n_tok, ref), "matmul scales (scalar)");
         expect_ok(dl_matmul(got, rows, w, 0, type, x, n_in, 0, rows, n_tok, ctx), "matmul scales");
+        /* the sums run in different orders, so the tolerance scales with the size of the terms, sum |w_i x_i|
+         * (the result itself can be far smaller when they cancel) */
+        float *wr = malloc((size_t)n_in * 4), *xr = malloc((size_t)n_in * 4);
         for (int64_t t = 0; t < n_tok; t++)
             for (int64_t r = 0; r < rows; r++)
                 if (t == 16 || r == 16) {
                     char what[64];
                     snprintf(what, sizeof what, "matmul type %d scales %04x x %04x", type, r < 16 ? kinds[r] : normal,
                              t < 16 ? kinds[t] : normal);
-                    expect_close(what, vn, &got[t * rows + r], &want[t * rows + r], 1, 1e-5f);
+                    expect_ok(dl_dequantize(wr, w + r * nb * bb, type, n_in, ref), "dequantize weights");
+                    expect_ok(dl_dequantize(xr, x + t * nb * 34, DL_TYPE_Q8_0, n_in, ref), "dequantize activations");
+                    double mag = 0;
+                    for (int64_t i = 0; i < n_in; i++) mag += fabs((double)wr[i] * (double)xr[i]);
+                    const float e = fabsf(got[t * rows + r] - want[t * rows + r]), tol = 1e-5f * (float)fmax(1.0, mag);
+                    checks++;
+                    if (!(e <= tol)) {
+                        printf("FAIL %-28s %-8s diff %.3g > %.3g (1e-5 of sum |w x| = %.3g)\n", what, vn, e, tol, mag);
+                        failures++;
+                    }
                 }
+        free(wr), free(xr);
         free(w), free(xf), free(x), free(want), free(got);
     }
 }
@@ -311,6 +324,48 @@ static void test_rope_attention(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     free(q), free(a), free(b), free(k), free(v);
 }
 
+/* Grouped-query attention takes the query heads of a KV head in one pass over its keys and values,
+ * or part of them when there are few KV heads per thread: the bits must not depend on the grouping
+ * (the thread count), for F32 and F16 caches, group sizes 8, 7, 16 and 32 (split), 1 and 3 queries. */
+static void test_attention_groups(int vi) {
+    const int64_t shapes[][3] = {{32, 4, 64}, {28, 4, 32}, {16, 1, 64}, {32, 1, 16}, {6, 6, 48}};
+    for (int si = 0; si < 5; si++) {
+        const int64_t heads = shapes[si][0], kv_heads = shapes[si][1], hd = shapes[si][2], n_kv = 77, stride = kv_heads * hd;
+        for (int kt = 0; kt < 2; kt++) {
+            const int kv_type = kt ? DL_TYPE_F16 : DL_TYPE_F32, elt = kt ? 2 : 4;
+            for (int64_t n_q = 1; n_q <= 3; n_q += 2) {
+                const int32_t pos[3] = {76, 40, 3};
+                const int64_t m = n_q * heads * hd;
+                float *q = malloc((size_t)m * 4), *kf = malloc((size_t)(n_kv * stride) * 4), *vf = malloc((size_t)(n_kv * stride) * 4);
+                void *k = malloc((size_t)(n_kv * stride) * (size_t)elt), *v = malloc((size_t)(n_kv * stride) * (size_t)elt);
+                fill(q, m, 1.0f), fill(kf, n_kv * stride, 1.0f), fill(vf, n_kv * stride, 1.0f);
+                if (kt) {
+                    dl_ctx *c1 = dl_ctx_create(1, vi);
+                    expect_ok(dl_f32_to_f16((uint16_t *)k, kf, n_kv * stride, c1), "f32_to_f16");
+                    expect_ok(dl_f32_to_f16((uint16_t *)v, vf, n_kv * stride, c1), "f32_to_f16");
+                    dl_ctx_destroy(c1);
+                } else {
+                    memcpy(k, kf, (size_t)(n_kv * stride) * 4), memcpy(v, vf, (size_t)(n_kv * stride) * 4);
+                }
+                float *want = malloc((size_t)m * 4), *got = malloc((size_t)m * 4);
+                for (int nth = 1; nth <= 4; nth++) {
+                    dl_ctx *ctx = dl_ctx_create(nth, vi);
+                    expect_ok(dl_attention(nth == 1 ? want : got, q, k, v, kv_type, pos, n_q, heads, kv_heads, hd, stride, 0.125f, ctx), "attention");
+                    dl_ctx_destroy(ctx);
+                    if (nth == 1) continue;
+                    checks++;
+                    if (memcmp(want, got, (size_t)m * 4) != 0) {
+                        printf("FAIL attention %-8s %lld heads / %lld KV heads x %lld, %s, %lld queries: %d threads differ from 1\n", dl_variant_name(vi),
+                               (long long)heads, (long long)kv_heads, (long long)hd, kt ? "F16" : "F32", (long long)n_q, nth);
+                        failures++;
+                    }
+                }
+                free(q), free(kf), free(vf), free(k), free(v), free(want), free(got);
+            }
+        }
+    }
+}
+
 int main(void) {
     printf("CPU features: %s\n", dl_cpu_features());
     dl_ctx *ref = dl_ctx_create(1, 0);
@@ -320,6 +375,7 @@ int main(void) {
             printf("skip %s (not supported by this CPU)\n", dl_variant_name(vi));
             continue;
         }
+        test_attention_groups(vi);
         for (int nth = 1; nth <= 4; nth++) {
             dl_ctx *ctx = dl_ctx_create(nth, vi);
             const int before = failures;
