@@ -150,6 +150,13 @@ describe("renderHtml", () => {
     expect(html).not.toMatch(/<[^>]*\b(src|href)\s*=|url\(|@import|<link|https?:/i);
   });
 
+  test("the balance section, escaped", () => {
+    expect(html).toContain("<h2>Balance</h2>");
+    expect(html).toMatch(/root +[\d.]+ MB of weights in +[\d.]+ ms = +\d+ MB\/s/);
+    expect(html).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
+    expect(html).toMatch(/the split fits these machines|--split \d+,\d+,\d+/);
+  });
+
   test("title, facts and speeds", () => {
     expect(html).toContain("<h1>dairllm profile: &quot;tiny&quot;&amp;&lt;img src=x&gt;.gguf</h1>");
     for (const s of ["llama · Q4_0 · 1.10B params · 22 layers", "kernels avx2 · 4 threads · 3 nodes · wire q8_0", "prompt <b>29.3</b> tokens/s", "decode <b>20.4</b> tokens/s (<b>49.1</b> ms/token)"]) expect(html).toContain(s);

@@ -126,3 +126,24 @@ export function balanceOf(perNode: readonly NodeProfile[], shape?: ModelShape, c
   report.predictedMs = { current: currentMs, suggested: bestMs };
   return report;
 }
+
+/** The balance as text lines (the profile's tables and its HTML page both show them). */
+export function balanceLines(b: BalanceReport): string[] {
+  const lines = ["balance: every reduction waits for the node that finishes last; the matmuls per token:"];
+  for (const n of b.nodes) lines.push(`  ${n.name.padEnd(28)} ${n.weightMB.toFixed(1).padStart(8)} MB of weights in ${n.weightMs.toFixed(2).padStart(7)} ms = ${n.mbPerSecond.toFixed(0).padStart(6)} MB/s`);
+  const p = b.predictedMs;
+  if (p) {
+    lines.push(
+      p.suggested < p.current * 0.97
+        ? `  --split ${b.suggestedSplit.join(",")} is predicted to take ${p.suggested.toFixed(1)} ms of matmuls per token instead of ${p.current.toFixed(1)} (${((1 - p.suggested / p.current) * 100).toFixed(0)} % less; per phase, the slowest node's share over its measured speed)`
+        : `  the split fits these machines: none is predicted more than 3 % faster (${p.current.toFixed(1)} ms of matmuls per token)`,
+    );
+  } else {
+    lines.push(
+      b.spread < 1.05
+        ? `  the nodes' shares take the same time within 5 % (${b.spread.toFixed(2)}x): the split fits these machines`
+        : `  the slowest node's matmuls take ${b.spread.toFixed(2)}x the fastest's: --split ${b.suggestedSplit.join(",")} (shares in proportion to these speeds) would even them out`,
+    );
+  }
+  return lines;
+}

@@ -2,6 +2,7 @@
 // stacked bar per node (where a token's time goes), a legend, and a table per node. Static HTML and
 // CSS only (no script, nothing fetched), so it reads the same with JavaScript off. Every string from
 // the report is escaped: node names and paths are user input.
+import { balanceLines } from "./balance";
 import { basename } from "node:path";
 import type { NodeProfile, OpGroup, OpRow, ProfileReport } from "./report";
 
@@ -47,6 +48,7 @@ ${report.perNode.map((node) => bar(node, colours)).join("\n")}
 </section>
 ${legend(colours)}
 ${report.perNode.map((node) => table(node, colours)).join("\n")}
+${report.balance ? `<h2>Balance</h2>\n<pre class="balance">${esc(balanceLines(report.balance).slice(1).join("\n"))}</pre>` : ""}
 <p class="note">${esc(`Model ${model.path}. ${prompt.tokens} prompt tokens in ${fixed(prompt.seconds, 2)} s, ${decode.tokens} decoded in ${fixed(decode.seconds, 2)} s. Profiler overhead: ${fixed(overhead.nsPerTimer, 0)} ns per timer × ${fixed(overhead.timersPerToken, 0)} timers per token = ${pct(overhead.share)} % of a token.`)}</p>
 </body>
 </html>

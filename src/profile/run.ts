@@ -7,7 +7,7 @@ import { Sampler, type SamplerOptions } from "../model/sampler";
 import { GGMLType } from "../native/types";
 import { type Counters, countersOf, nodeProfile, Op, Profiler } from "./profiler";
 import type { BalanceReport, NodeProfile, ProfileReport } from "./report";
-import { balanceOf } from "./balance";
+import { balanceLines, balanceOf } from "./balance";
 import { alignmentOf } from "../cluster/worker";
 
 export interface ProfileOptions {
@@ -113,24 +113,6 @@ export function formatProfile(r: ProfileReport): string {
     lines.push("", "network vs compute per token:");
     for (const n of r.perNode) lines.push(`  ${n.name.padEnd(28)} network ${n.groups.network.toFixed(2).padStart(7)} ms (${pct(n.groups.network / n.wallMsPerToken)})   compute ${n.groups.compute.toFixed(2).padStart(7)} ms (${pct(n.groups.compute / n.wallMsPerToken)})`);
   }
-  if (r.balance) {
-    const b = r.balance;
-    lines.push("", "balance: every reduction waits for the node that finishes last; the matmuls per token:");
-    for (const n of b.nodes) lines.push(`  ${n.name.padEnd(28)} ${n.weightMB.toFixed(1).padStart(8)} MB of weights in ${n.weightMs.toFixed(2).padStart(7)} ms = ${n.mbPerSecond.toFixed(0).padStart(6)} MB/s`);
-    const p = b.predictedMs;
-    if (p) {
-      lines.push(
-        p.suggested < p.current * 0.97
-          ? `  --split ${b.suggestedSplit.join(",")} is predicted to take ${p.suggested.toFixed(1)} ms of matmuls per token instead of ${p.current.toFixed(1)} (${((1 - p.suggested / p.current) * 100).toFixed(0)} % less; per phase, the slowest node's share over its measured speed)`
-          : `  the split fits these machines: none is predicted more than 3 % faster (${p.current.toFixed(1)} ms of matmuls per token)`,
-      );
-    } else {
-      lines.push(
-        b.spread < 1.05
-          ? `  the nodes' shares take the same time within 5 % (${b.spread.toFixed(2)}x): the split fits these machines`
-          : `  the slowest node's matmuls take ${b.spread.toFixed(2)}x the fastest's: --split ${b.suggestedSplit.join(",")} (shares in proportion to these speeds) would even them out`,
-      );
-    }
-  }
+  if (r.balance) lines.push("", ...balanceLines(r.balance));
   return lines.join("\n");
 }
