@@ -50,6 +50,36 @@ static inline float dot_f32(const float *w, const float *x, int64_t n) {
     return s;
 }
 
+/* q . k_j for the 8 rows k_j = k + j * stride (n floats each) into out[0..8): one pass over q for the
+ * eight rows, the sums reduced together with pairwise adds */
+#define DL_HAVE_DOT8_F32
+static inline void dot8_f32(float *out, const float *q, const float *k, int64_t stride, int64_t n) {
+    float32x4_t a[8];
+    for (int j = 0; j < 8; j++) a[j] = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t qv = vld1q_f32(q + i);
+        for (int j = 0; j < 8; j++) a[j] = vfmaq_f32(a[j], qv, vld1q_f32(k + j * stride + i));
+    }
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a[0], a[1]), vpaddq_f32(a[2], a[3])));
+    vst1q_f32(out + 4, vpaddq_f32(vpaddq_f32(a[4], a[5]), vpaddq_f32(a[6], a[7])));
+    for (; i < n; i++)
+        for (int j = 0; j < 8; j++) out[j] += q[i] * k[j * stride + i];
+}
+
+/* o += e[j] * v_j for the 8 rows v_j = v + j * stride, j = 0..7 in order, fused multiply-adds */
+#define DL_HAVE_AXPY8_F32
+static inline void axpy8_f32(float *o, const float *e, const float *v, int64_t stride, int64_t n) {
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t acc = vld1q_f32(o + i);
+        for (int j = 0; j < 8; j++) acc = vfmaq_n_f32(acc, vld1q_f32(v + j * stride + i), e[j]);
+        vst1q_f32(o + i, acc);
+    }
+    for (; i < n; i++)
+        for (int j = 0; j < 8; j++) o[i] = fmaf(e[j], v[j * stride + i], o[i]);
+}
+
 /* ---- f16 (IEEE half, widened to f32 with FCVTL) ------------------------------------------- */
 
 #define DL_HAVE_DOT_F16

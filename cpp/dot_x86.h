@@ -49,6 +49,42 @@ static inline float dot_f32(const float *w, const float *x, int64_t n) {
     return s;
 }
 
+/* q . k_j for the 8 rows k_j = k + j * stride (n floats each) into out[0..8): one pass over q for the
+ * eight rows (8 independent FMA chains), the eight sums reduced together by a transpose of adds */
+#define DL_HAVE_DOT8_F32
+static inline void dot8_f32(float *out, const float *q, const float *k, int64_t stride, int64_t n) {
+    __m256 a[8];
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * stride + i), a[j]);
+    }
+    /* hadd(x, y) = [x0+x1, x2+x3, y0+y1, y2+y3 | x4+x5, x6+x7, y4+y5, y6+y7]: two rounds give row j's
+     * two half sums in lanes j and j + 4 of the 128-bit halves, one add the totals in order */
+    const __m256 t0 = _mm256_hadd_ps(a[0], a[1]), t1 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 t2 = _mm256_hadd_ps(a[4], a[5]), t3 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31)));
+    for (; i < n; i++)
+        for (int j = 0; j < 8; j++) out[j] += q[i] * k[j * stride + i];
+}
+
+/* o += e[j] * v_j for the 8 rows v_j = v + j * stride, j = 0..7 in order, fused multiply-adds */
+#define DL_HAVE_AXPY8_F32
+static inline void axpy8_f32(float *o, const float *e, const float *v, int64_t stride, int64_t n) {
+    __m256 ev[8];
+    for (int j = 0; j < 8; j++) ev[j] = _mm256_set1_ps(e[j]);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_loadu_ps(o + i);
+        for (int j = 0; j < 8; j++) acc = _mm256_fmadd_ps(ev[j], _mm256_loadu_ps(v + j * stride + i), acc);
+        _mm256_storeu_ps(o + i, acc);
+    }
+    for (; i < n; i++)
+        for (int j = 0; j < 8; j++) o[i] = fmaf(e[j], v[j * stride + i], o[i]);
+}
+
 static inline __m256 load_f16x8(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
 
 /* fp16 -> float for a row (an F16 KV cache's key or value), exact (F16C) */

@@ -64,6 +64,22 @@ static inline __attribute__((unused)) float dot_q4_0_ref(const block_q4_0 *w, co
 #ifndef DL_HAVE_DOT_F32
 #define dot_f32 dot_f32_ref
 #endif
+#ifndef DL_HAVE_AXPY8_F32
+/* o += e[j] * v_j for the 8 rows v_j = v + j * stride, j = 0..7 in order */
+static inline void axpy8_f32(float *o, const float *e, const float *v, int64_t stride, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float x = o[i];
+        for (int j = 0; j < 8; j++) x = x + e[j] * v[j * stride + i];
+        o[i] = x;
+    }
+}
+#endif
+#ifndef DL_HAVE_DOT8_F32
+/* q . k_j for the 8 rows k_j = k + j * stride */
+static inline void dot8_f32(float *out, const float *q, const float *k, int64_t stride, int64_t n) {
+    for (int j = 0; j < 8; j++) out[j] = dot_f32(q, k + j * stride, n);
+}
+#endif
 #ifndef DL_HAVE_F16_ROW
 static inline void f16_row(float *dst, const uint16_t *src, int64_t n) {
     for (int64_t i = 0; i < n; i++) dst[i] = dl_h2f(src[i]);
@@ -339,14 +355,33 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
      * variant has an fp16 conversion) and then take the F32 path; rows wider than the buffers take
      * the element-by-element path */
     const int f16 = kv_type == DL_TYPE_F16, rows = f16 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
-    float buf[4][DL_ATTN_MAX_HEAD_DIM];
+    float buf[8][DL_ATTN_MAX_HEAD_DIM];
     for (int64_t h = 0; h < nh; h++) {
         m[h] = -INFINITY, l[h] = 0.0f;
         for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] = 0.0f;
     }
     for (int64_t p0 = 0; p0 < n_kv; p0 += DL_ATTN_CHUNK) {
         const int64_t n = n_kv - p0 < DL_ATTN_CHUNK ? n_kv - p0 : DL_ATTN_CHUNK;
-        for (int64_t j = 0; j < n; j++) {
+        int64_t j0 = 0;
+        if (!f16 || rows) {
+            /* eight keys at a time: one pass over each head's q scores them all */
+            for (; j0 + 8 <= n; j0 += 8) {
+                const float *kr;
+                int64_t ks;
+                if (rows) {
+                    for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)k + (p0 + j0 + i) * kv_stride, head_dim);
+                    kr = buf[0], ks = DL_ATTN_MAX_HEAD_DIM;
+                } else {
+                    kr = (const float *)k + (p0 + j0) * kv_stride, ks = kv_stride;
+                }
+                for (int64_t h = 0; h < nh; h++) {
+                    float *sh = s[h] + j0;
+                    dot8_f32(sh, q + h * head_dim, kr, ks, head_dim);
+                    for (int i = 0; i < 8; i++) sh[i] *= scale;
+                }
+            }
+        }
+        for (int64_t j = j0; j < n; j++) {
             const float *kr = NULL;
             const uint16_t *kp = NULL;
             if (rows) {
@@ -383,6 +418,18 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
         }
         int64_t j = 0;
         if (!f16 || rows) {
+            /* eight keys per pass over each head's out, added in key order */
+            for (; j + 8 <= n; j += 8) {
+                const float *vr;
+                int64_t vs;
+                if (rows) {
+                    for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)v + (p0 + j + i) * kv_stride, head_dim);
+                    vr = buf[0], vs = DL_ATTN_MAX_HEAD_DIM;
+                } else {
+                    vr = (const float *)v + (p0 + j) * kv_stride, vs = kv_stride;
+                }
+                for (int64_t h = 0; h < nh; h++) axpy8_f32(out + h * head_dim, s[h] + j, vr, vs, head_dim);
+            }
             /* four keys per pass over each head's out: out is loaded and stored once per four, and the
              * sum is (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
             for (; j + 4 <= n; j += 4) {
