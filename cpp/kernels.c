@@ -339,6 +339,19 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
 #define DL_ATTN_CHUNK 64
 #define DL_ATTN_MAX_HEAD_DIM 256 /* F16 rows converted in stack buffers up to this width */
 
+/* Eight consecutive cache rows from position p as floats: in place (F32), or converted into buf (F16,
+ * head_dim <= DL_ATTN_MAX_HEAD_DIM); *stride gets the distance between them. */
+static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const void *cache, int f16, int64_t p, int64_t kv_stride,
+                                     int64_t head_dim, int64_t *stride) {
+    if (f16) {
+        for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)cache + (p + i) * kv_stride, head_dim);
+        *stride = DL_ATTN_MAX_HEAD_DIM;
+        return buf[0];
+    }
+    *stride = kv_stride;
+    return (const float *)cache + p * kv_stride;
+}
+
 /*
  * Attention of nh consecutive query heads that share one KV head (grouped-query attention; nh <=
  * DL_ATTN_MAX_GROUP): for each head softmax(q . K^T * scale) . V, online over chunks of DL_ATTN_CHUNK
@@ -366,14 +379,8 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
         if (!f16 || rows) {
             /* eight keys at a time: one pass over each head's q scores them all */
             for (; j0 + 8 <= n; j0 += 8) {
-                const float *kr;
                 int64_t ks;
-                if (rows) {
-                    for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)k + (p0 + j0 + i) * kv_stride, head_dim);
-                    kr = buf[0], ks = DL_ATTN_MAX_HEAD_DIM;
-                } else {
-                    kr = (const float *)k + (p0 + j0) * kv_stride, ks = kv_stride;
-                }
+                const float *kr = rows8_f32(buf, k, f16, p0 + j0, kv_stride, head_dim, &ks);
                 for (int64_t h = 0; h < nh; h++) {
                     float *sh = s[h] + j0;
                     dot8_f32(sh, q + h * head_dim, kr, ks, head_dim);
@@ -420,14 +427,8 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
         if (!f16 || rows) {
             /* eight keys per pass over each head's out, added in key order */
             for (; j + 8 <= n; j += 8) {
-                const float *vr;
                 int64_t vs;
-                if (rows) {
-                    for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)v + (p0 + j + i) * kv_stride, head_dim);
-                    vr = buf[0], vs = DL_ATTN_MAX_HEAD_DIM;
-                } else {
-                    vr = (const float *)v + (p0 + j) * kv_stride, vs = kv_stride;
-                }
+                const float *vr = rows8_f32(buf, v, f16, p0 + j, kv_stride, head_dim, &vs);
                 for (int64_t h = 0; h < nh; h++) axpy8_f32(out + h * head_dim, s[h] + j, vr, vs, head_dim);
             }
             /* four keys per pass over each head's out: out is loaded and stored once per four, and the
