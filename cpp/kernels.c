@@ -357,9 +357,9 @@ static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const vo
  * DL_ATTN_MAX_GROUP): for each head softmax(q . K^T * scale) . V, online over chunks of DL_ATTN_CHUNK
  * keys. Each key and value row is read (and, from an F16 cache, converted) once for all nh heads
  * instead of once per head: at long contexts the KV cache is read group-size times less. Per head
- * and chunk: the scores, their maximum (the running sums are rescaled when it grows), e^(s - max) for
- * the chunk with dl_vexpf, then out += e_j * v_j four keys per pass. Every head's sums run in the
- * same order as with one head at a time, in every variant.
+ * and chunk: the scores (eight keys per pass over q, dot8_f32), their maximum (the running sums are
+ * rescaled when it grows), e^(s - max) for the chunk with dl_vexpf, then out += e_j * v_j in key
+ * order (eight keys per pass, axpy8_f32). The results do not depend on how heads are grouped.
  */
 static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
                         int64_t head_dim, int64_t kv_stride, float scale, int64_t nh) {
@@ -431,23 +431,8 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
                 const float *vr = rows8_f32(buf, v, f16, p0 + j, kv_stride, head_dim, &vs);
                 for (int64_t h = 0; h < nh; h++) axpy8_f32(out + h * head_dim, s[h] + j, vr, vs, head_dim);
             }
-            /* four keys per pass over each head's out: out is loaded and stored once per four, and the
-             * sum is (((out + e0 v0) + e1 v1) + e2 v2) + e3 v3, the same order as key by key */
-            for (; j + 4 <= n; j += 4) {
-                const float *v0, *v1, *v2, *v3;
-                if (rows) {
-                    for (int i = 0; i < 4; i++) f16_row(buf[i], (const uint16_t *)v + (p0 + j + i) * kv_stride, head_dim);
-                    v0 = buf[0], v1 = buf[1], v2 = buf[2], v3 = buf[3];
-                } else {
-                    v0 = (const float *)v + (p0 + j) * kv_stride, v1 = v0 + kv_stride, v2 = v1 + kv_stride, v3 = v2 + kv_stride;
-                }
-                for (int64_t h = 0; h < nh; h++) {
-                    const float e0 = s[h][j], e1 = s[h][j + 1], e2 = s[h][j + 2], e3 = s[h][j + 3];
-                    float *o = out + h * head_dim;
-                    for (int64_t d = 0; d < head_dim; d++) o[d] = o[d] + e0 * v0[d] + e1 * v1[d] + e2 * v2[d] + e3 * v3[d];
-                }
-            }
         }
+        /* the last keys of the chunk (and rows too wide for the buffers) one at a time, in key order */
         for (; j < n; j++) {
             for (int64_t h = 0; h < nh; h++) {
                 const float e = s[h][j];

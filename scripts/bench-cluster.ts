@@ -10,10 +10,10 @@
 // the best run of each is compared: on a shared VM whose memory bandwidth moves by tens of percent
 // from one second to the next, a single run of each says more about the neighbours than about the
 // cluster. The spread of the runs is printed beside the best.
-import { existsSync, mkdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tinyllamaModel } from "./models";
-import { closeSync, openSync, readSync } from "node:fs";
+import { outputTensorName } from "../src/cluster/plan";
 import { GGUFFile } from "../src/model/gguf";
 import { readConfig } from "../src/model/config";
 import { partition, splitVocab } from "../src/cluster/partition";
@@ -113,8 +113,8 @@ function mappedPages(pid: number, path: string): { inside: number; outside: numb
       for (const f of ["ffn_gate", "ffn_up"]) mark(`blk.${l}.${f}.weight`, s.ffn.start, s.ffn.end);
       for (const n of ["attn_norm", "ffn_norm"]) mark(`blk.${l}.${n}.weight`, 0, 1);
     }
-    mark(g.tensors.has("output.weight") ? "output.weight" : "token_embd.weight", vocab.start, vocab.end);
-    mark("token_embd.weight", 0, 0); // the tokens' rows: counted below as outside; a few KiB per token
+    // the tokens' embedding rows are counted as outside: a few KiB per token
+    mark(outputTensorName(g), vocab.start, vocab.end);
     let a = 0, b = 0;
     for (let p = 0; p < pages; p++) {
       if (!((buf.readBigUInt64LE(p * 8) >> 63n) & 1n)) continue;

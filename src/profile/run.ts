@@ -6,7 +6,7 @@ import { ggmlTypeName } from "../model/gguf";
 import { Sampler, type SamplerOptions } from "../model/sampler";
 import { GGMLType } from "../native/types";
 import { type Counters, countersOf, nodeProfile, Op, Profiler } from "./profiler";
-import type { BalanceReport, NodeProfile, ProfileReport } from "./report";
+import type { NodeProfile, ProfileReport } from "./report";
 import { balanceLines, balanceOf } from "./balance";
 import { alignmentOf } from "../cluster/worker";
 
@@ -80,7 +80,6 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
     balance: perNode.length > 1 ? balanceOf(perNode, { config: e.config, weights: e.model.weights, align: alignmentOf(e.model.weights) }, e.peers!.weights) : null,
   };
 }
-
 
 const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
 
