@@ -164,7 +164,7 @@ struct dl_ctx {
     pthread_cond_t cv;
     pthread_t threads[DL_MAX_THREADS];
     worker_arg args[DL_MAX_THREADS];
-    void *scratch; /* DL_SCRATCH_BYTES, 64-byte aligned, when the variant packs batch activations */
+    void *scratch; /* DL_SCRATCH_BYTES, 64-byte aligned, when the variant packs activations */
 };
 
 /* Packed batch activations (see dl_matmul): big enough for a 64-token prompt of 2048-wide rows in
@@ -402,11 +402,14 @@ static void pack_part(void *p, int64_t ith, int64_t nth) {
     if (a < b) t->k->pack_q8_0(t->dst + a * t->k->pack_bytes(t->nb), t->x + a * t->nb, t->nb, b - a);
 }
 
-/* Tokens per packed piece of a batch: as many as the scratch holds, in whole tiles of 8; 0 when the
- * variant does not pack, the batch is one token, or one token does not fit. */
+/* Tokens per packed piece of a matmul: as many as the scratch holds, in whole tiles of 8; 0 when the
+ * variant does not pack, packs only batches of more tokens, a row is shorter than the packing's
+ * group, or one token does not fit. */
 static int64_t packed_tokens(const dl_ctx *ctx, int wtype, int64_t n_in, int64_t n_tok) {
-    if (!ctx->scratch || wtype != DL_TYPE_Q4_0 || n_tok < 2 || n_in / QK < 4) return 0;
-    const int64_t per = ctx->k->pack_bytes(n_in / QK), fit = DL_SCRATCH_BYTES / per;
+    if (!ctx->scratch || wtype != DL_TYPE_Q4_0 || n_tok < ctx->k->pack_min_tokens || n_in / QK < 4) return 0;
+    const int64_t per = ctx->k->pack_bytes(n_in / QK);
+    if (per <= 0) return 0;
+    const int64_t fit = DL_SCRATCH_BYTES / per;
     return fit >= 8 ? fit / 8 * 8 : fit;
 }
 
@@ -422,7 +425,7 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
     CHECK(ldw >= row_bytes, DL_E_ARG);
     const int64_t piece = packed_tokens(ctx, wtype, n_in, n_tok);
     if (piece > 0) {
-        /* a batch: pack the activations once (shared by every thread), then every thread's rows read them */
+        /* pack the activations once (shared by every thread), then every thread's rows read them */
         const int64_t nb = n_in / QK;
         for (int64_t t0 = 0; t0 < n_tok; t0 += piece) {
             const int64_t nt = n_tok - t0 < piece ? n_tok - t0 : piece;
@@ -430,7 +433,7 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
             pack_task pk = {ctx->k, (uint8_t *)ctx->scratch, xt, nb, nt};
             pool_run(ctx, pack_part, &pk, threads_for(ctx, nt, nt * n_in));
             matmul_task t = {ctx->k, out + t0 * ldo, ldo, w, ldw, wtype, xt, n_in, r0, r1, nt, ctx->scratch};
-            pool_run(ctx, matmul_part, &t, threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt));
+            pool_run_parts(ctx, matmul_part, &t, matmul_parts(threads_for(ctx, r1 - r0, (r1 - r0) * n_in * nt), r1 - r0, row_bytes, nt));
         }
         return DL_OK;
     }

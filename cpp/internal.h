@@ -54,11 +54,12 @@ typedef struct dl_kernels {
     void (*f16_to_f32)(float *out, const uint16_t *x, int64_t n);
     void (*f32_to_bf16)(uint16_t *out, const float *x, int64_t n);
     uint64_t (*read_sum)(const void *buf, int64_t bytes); /* bandwidth probe */
-    /* Optional (NULL when the variant has none): Q4_0 batches against activations packed once per call
+    /* Optional (NULL when the variant has none): Q4_0 matmuls against activations packed once per call
      * (layout in dot_x86.h). pack_q8_0 packs n_tok Q8_0 rows of nb blocks, pack_bytes(nb) bytes each;
      * matmul_packed computes rows [ra, rb) like matmul, reading x only for blocks the packing leaves out. */
     void (*pack_q8_0)(void *dst, const void *x, int64_t nb, int64_t n_tok);
     int64_t (*pack_bytes)(int64_t nb);
+    int64_t pack_min_tokens; /* matmuls of fewer tokens read x as it is */
     void (*matmul_packed)(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
                           int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok);
 } dl_kernels;

@@ -193,6 +193,19 @@ DOT2_GENERIC(dot_bf16)
     } while (0)
 #endif
 
+#ifdef DL_PACKED_BY_ROWS
+/* Q4_0 against tokens packed by k_pack_q8_0, rows grouped as in k_matmul; the tile finds token t's
+ * packing from its Q8_0 row (xt - xq = t * nb). */
+static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                            int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
+#define DOTR_PACKED(s, wr, stride, R, xt, T, nb_)                                                     \
+    tile_q4_0(s, wr, stride, R, (const uint8_t *)packed + ((xt) - xq) / (nb_) * pstride, pstride, xt, T, nb_)
+    MATMUL_ROWS(DOTR_PACKED, ldw, nb);
+#undef DOTR_PACKED
+}
+#endif
+
 static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
                      int64_t ra, int64_t rb, int64_t n_tok) {
     switch (wtype) {
@@ -555,6 +568,7 @@ const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
 #ifdef DL_HAVE_PACKED_Q4_0
     .pack_q8_0 = k_pack_q8_0,
     .pack_bytes = k_pack_bytes,
+    .pack_min_tokens = DL_PACK_MIN_TOKENS,
     .matmul_packed = k_matmul_packed,
 #endif
 };
