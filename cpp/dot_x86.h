@@ -504,7 +504,7 @@ static inline __m256i load2x16(const void *a, const void *b) {
  * One 256-bit register holds the 16 packed bytes of blocks k and k + 4, so an and (low nibbles) and
  * a shift + and (high nibbles) unpack two blocks, and two vpmaddubsw take the nibbles (0..15) as they
  * are, unsigned, against the signed activations. The four pairs' int16 sums stay in int16 until three
- * vphaddw reduce them to one register, lane j = block j (at most 16 products of 15 * 127 per int16: no
+ * vphaddw reduce them to one register, lane j = block j (at most 16 products of 15 * 128 per int16: no
  * overflow); one vpmaddwd widens them, and "- 8" becomes "- 8 * sum(x)": the exact integer dot of
  * every block. One conversion and one multiply-add per group then add (d_w * d_x) * dot per block,
  * summed in 8 lanes (blocks j mod 8). Per group and row this is 8 multiply-class operations where
