@@ -564,19 +564,25 @@ typedef struct {
     const int32_t *pos;
     int64_t n_q, n_heads, group, head_dim, kv_stride, elt;
     int64_t sub; /* query heads per work item: a whole KV group, or a part of it when there are few groups */
+    int64_t nt;  /* queries (tokens) per work item */
     float scale;
 } attn_task;
 
 static void attn_part(void *p, int64_t ith, int64_t nth) {
     const attn_task *t = (const attn_task *)p;
-    const int64_t per_q = t->n_heads / t->sub; /* work items per query */
-    int64_t a, b;
-    split_range(t->n_q * per_q, nth, ith, &a, &b);
+    const int64_t per_q = t->n_heads / t->sub; /* work items per block of nt queries */
+    const int64_t blocks = (t->n_q + t->nt - 1) / t->nt;
+    int64_t a, b, n_kv[DL_ATTN_MAX_GROUP];
+    split_range(blocks * per_q, nth, ith, &a, &b);
+    /* the blocks of queries of one group of heads are consecutive items: that KV head's keys and
+     * values stay in cache from one block to the next */
     for (int64_t i = a; i < b; i++) {
-        const int64_t qi = i / per_q, h = (i % per_q) * t->sub, g = h / t->group;
-        const int64_t off = (qi * t->n_heads + h) * t->head_dim;
-        t->k->attention(t->out + off, t->q + off, t->kc + g * t->head_dim * t->elt, t->vc + g * t->head_dim * t->elt,
-                        t->kv_type, (int64_t)t->pos[qi] + 1, t->head_dim, t->kv_stride, t->scale, t->sub);
+        const int64_t q0 = i % blocks * t->nt, h = i / blocks * t->sub, g = h / t->group;
+        const int64_t nt = t->n_q - q0 < t->nt ? t->n_q - q0 : t->nt;
+        for (int64_t j = 0; j < nt; j++) n_kv[j] = (int64_t)t->pos[q0 + j] + 1;
+        const int64_t off = (q0 * t->n_heads + h) * t->head_dim;
+        t->k->attention(t->out + off, t->q + off, t->n_heads * t->head_dim, t->kc + g * t->head_dim * t->elt,
+                        t->vc + g * t->head_dim * t->elt, t->kv_type, n_kv, nt, t->head_dim, t->kv_stride, t->scale, t->sub);
     }
 }
 
@@ -588,6 +594,16 @@ static int64_t attn_heads_per_item(int64_t group, int64_t items_per_head, int64_
     if (sub > DL_ATTN_MAX_GROUP) sub = 1;
     while (sub % 2 == 0 && items_per_head / sub < 2 * nth) sub /= 2;
     return sub;
+}
+
+/* Queries per attention work item: consecutive queries (a prompt's tokens) of the same heads share
+ * the passes over their keys too, up to DL_ATTN_MAX_GROUP items per pass, halved while that leaves
+ * fewer than two items per thread. */
+static int64_t attn_tokens_per_item(int64_t n_q, int64_t sub, int64_t items_per_block, int64_t nth) {
+    int64_t nt = DL_ATTN_MAX_GROUP / sub;
+    if (nt > n_q) nt = n_q;
+    while (nt > 1 && (n_q + nt - 1) / nt * items_per_block < 2 * nth) nt /= 2;
+    return nt < 1 ? 1 : nt;
 }
 
 int dl_attention(float *out, const float *q, const void *k, const void *v, int kv_type, const int32_t *pos,
@@ -603,10 +619,12 @@ int dl_attention(float *out, const float *q, const void *k, const void *v, int k
         if (pos[i] > max_pos) max_pos = pos[i];
     }
     const int64_t group = n_heads / n_kv_heads, work = n_q * n_heads * (max_pos + 1) * head_dim * 2;
-    const int64_t sub = attn_heads_per_item(group, n_q * n_heads, threads_for(ctx, n_q * n_heads, work));
+    const int64_t nth = threads_for(ctx, n_q * n_heads, work);
+    const int64_t sub = attn_heads_per_item(group, n_q * n_heads, nth);
+    const int64_t nt = attn_tokens_per_item(n_q, sub, n_heads / sub, nth);
     attn_task t = {ctx->k, out, q, (const uint8_t *)k, (const uint8_t *)v, kv_type, pos, n_q, n_heads,
-                   group, head_dim, kv_stride, kv_type == DL_TYPE_F16 ? 2 : 4, sub, scale};
-    pool_run(ctx, attn_part, &t, threads_for(ctx, n_q * n_heads / sub, work));
+                   group, head_dim, kv_stride, kv_type == DL_TYPE_F16 ? 2 : 4, sub, nt, scale};
+    pool_run(ctx, attn_part, &t, threads_for(ctx, (n_q + nt - 1) / nt * (n_heads / sub), work));
     return DL_OK;
 }
 

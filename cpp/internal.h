@@ -44,10 +44,11 @@ typedef struct dl_kernels {
     /* one token: n_heads heads of head_dim at angle pos * freqs[j] */
     void (*rope)(float *out, const float *x, int32_t pos, const float *freqs, int64_t n_heads, int64_t head_dim,
                  int64_t n_rot, int mode);
-    /* nh (<= DL_ATTN_MAX_GROUP) consecutive query heads (q, out: nh x head_dim) over n_kv
-     * positions of the one KV head they share (k, v already offset to that head) */
-    void (*attention)(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
-                      int64_t head_dim, int64_t kv_stride, float scale, int64_t nh);
+    /* nt tokens x nh consecutive query heads (nt * nh <= DL_ATTN_MAX_GROUP) that share one KV head
+     * (k, v already offset to it): item (i, h) is the head_dim floats at q + i * q_stride + h * head_dim
+     * (out likewise) and attends to the first n_kv[i] positions */
+    void (*attention)(float *out, const float *q, int64_t q_stride, const void *k, const void *v, int kv_type,
+                      const int64_t *n_kv, int64_t nt, int64_t head_dim, int64_t kv_stride, float scale, int64_t nh);
     void (*quantize_q8_0)(void *out, const float *x, int64_t n);
     void (*dequantize)(float *out, const void *x, int type, int64_t n);
     void (*f32_to_f16)(uint16_t *out, const float *x, int64_t n);

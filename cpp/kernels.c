@@ -353,11 +353,18 @@ static void k_rope(float *out, const float *x, int32_t pos, const float *freqs, 
 #define DL_ATTN_MAX_HEAD_DIM 256 /* F16 rows converted in stack buffers up to this width */
 
 /* Eight consecutive cache rows from position p as floats: in place (F32), or converted into buf (F16,
- * head_dim <= DL_ATTN_MAX_HEAD_DIM); *stride gets the distance between them. */
-static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const void *cache, int f16, int64_t p, int64_t kv_stride,
-                                     int64_t head_dim, int64_t *stride) {
+ * head_dim <= DL_ATTN_MAX_HEAD_DIM), or copied into buf (F32, `copy`: rows that several items read
+ * in turn; eight rows kv_stride apart, e.g. 16 KiB for 32 heads of 128, fall into the same L1 cache
+ * sets, and each item's pass would fetch them from L2 again); *stride gets the distance between them. */
+static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const void *cache, int f16, int copy, int64_t p,
+                                     int64_t kv_stride, int64_t head_dim, int64_t *stride) {
     if (f16) {
         for (int i = 0; i < 8; i++) f16_row(buf[i], (const uint16_t *)cache + (p + i) * kv_stride, head_dim);
+        *stride = DL_ATTN_MAX_HEAD_DIM;
+        return buf[0];
+    }
+    if (copy) {
+        for (int i = 0; i < 8; i++) memcpy(buf[i], (const float *)cache + (p + i) * kv_stride, (size_t)head_dim * sizeof(float));
         *stride = DL_ATTN_MAX_HEAD_DIM;
         return buf[0];
     }
@@ -366,42 +373,65 @@ static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const vo
 }
 
 /*
- * Attention of nh consecutive query heads that share one KV head (grouped-query attention; nh <=
- * DL_ATTN_MAX_GROUP): for each head softmax(q . K^T * scale) . V, online over chunks of DL_ATTN_CHUNK
- * keys. Each key and value row is read (and, from an F16 cache, converted) once for all nh heads
- * instead of once per head: at long contexts the KV cache is read group-size times less. Per head
- * and chunk: the scores (eight keys per pass over q, dot8_f32), their maximum (the running sums are
- * rescaled when it grows), e^(s - max) for the chunk with dl_vexpf, then out += e_j * v_j in key
- * order (eight keys per pass, axpy8_f32). The results do not depend on how heads are grouped.
+ * Attention of a group of query items that share one KV head: nt tokens x nh query heads
+ * (grouped-query attention, and the tokens of a prompt; nt * nh <= DL_ATTN_MAX_GROUP). For each item
+ * softmax(q . K^T * scale) . V over its own n_kv[i] positions, online over chunks of DL_ATTN_CHUNK
+ * keys. Each key and value row is read (and, from an F16 cache, converted) once for all the items
+ * that reach it instead of once per item: at long contexts the KV cache is read group-size times
+ * less, and a prompt's tokens share their passes over the keys (with many KV heads, e.g. 32 heads of
+ * 128 interleaved per position, a head's rows are 16 KiB apart and do not stay in cache from one
+ * query to the next). Per item and chunk: the scores (eight keys per pass over q, dot8_f32, for the
+ * item's whole eights; the rest one at a time), their maximum (the running sums are rescaled when it
+ * grows), e^(s - max) for the chunk with dl_vexpf, then out += e_j * v_j in key order (eight keys per
+ * pass, axpy8_f32, then one at a time). Every item takes the same steps whatever it is grouped with,
+ * so the results do not depend on the grouping.
  */
-static void k_attention(float *out, const float *q, const void *k, const void *v, int kv_type, int64_t n_kv,
-                        int64_t head_dim, int64_t kv_stride, float scale, int64_t nh) {
-    float m[DL_ATTN_MAX_GROUP], l[DL_ATTN_MAX_GROUP], s[DL_ATTN_MAX_GROUP][DL_ATTN_CHUNK];
+static void k_attention(float *out, const float *q, int64_t q_stride, const void *k, const void *v, int kv_type,
+                        const int64_t *n_kv, int64_t nt, int64_t head_dim, int64_t kv_stride, float scale, int64_t nh) {
+    enum { G = DL_ATTN_MAX_GROUP };
+    float m[G], l[G], s[G][DL_ATTN_CHUNK];
+    const float *qp[G];
+    float *op[G];
+    int64_t nk[G], n[G], eights[G];
     /* an F16 cache's keys and values are converted to float a row at a time (vectorised where the
      * variant has an fp16 conversion) and then take the F32 path; rows wider than the buffers take
      * the element-by-element path */
-    const int f16 = kv_type == DL_TYPE_F16, rows = f16 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
+    const int f16 = kv_type == DL_TYPE_F16, rows = f16 && head_dim <= DL_ATTN_MAX_HEAD_DIM, by8 = !f16 || rows;
     float buf[8][DL_ATTN_MAX_HEAD_DIM];
-    for (int64_t h = 0; h < nh; h++) {
-        m[h] = -INFINITY, l[h] = 0.0f;
-        for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] = 0.0f;
-    }
-    for (int64_t p0 = 0; p0 < n_kv; p0 += DL_ATTN_CHUNK) {
-        const int64_t n = n_kv - p0 < DL_ATTN_CHUNK ? n_kv - p0 : DL_ATTN_CHUNK;
-        int64_t j0 = 0;
-        if (!f16 || rows) {
-            /* eight keys at a time: one pass over each head's q scores them all */
-            for (; j0 + 8 <= n; j0 += 8) {
-                int64_t ks;
-                const float *kr = rows8_f32(buf, k, f16, p0 + j0, kv_stride, head_dim, &ks);
-                for (int64_t h = 0; h < nh; h++) {
-                    float *sh = s[h] + j0;
-                    dot8_f32(sh, q + h * head_dim, kr, ks, head_dim);
-                    for (int i = 0; i < 8; i++) sh[i] *= scale;
-                }
+    const int64_t ni = nt * nh;
+    const int copy = !f16 && ni > 1 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
+    int64_t max_kv = 0;
+    for (int64_t i = 0; i < nt; i++)
+        for (int64_t h = 0; h < nh; h++) {
+            const int64_t it = i * nh + h;
+            qp[it] = q + i * q_stride + h * head_dim;
+            op[it] = out + i * q_stride + h * head_dim;
+            nk[it] = n_kv[i];
+            m[it] = -INFINITY, l[it] = 0.0f;
+            for (int64_t d = 0; d < head_dim; d++) op[it][d] = 0.0f;
+        }
+    for (int64_t i = 0; i < nt; i++) max_kv = n_kv[i] > max_kv ? n_kv[i] : max_kv;
+    for (int64_t p0 = 0; p0 < max_kv; p0 += DL_ATTN_CHUNK) {
+        int64_t nmax = 0, first1 = DL_ATTN_CHUNK; /* the longest item's keys; the first key taken one at a time */
+        for (int64_t it = 0; it < ni; it++) {
+            n[it] = nk[it] - p0 < 0 ? 0 : nk[it] - p0 > DL_ATTN_CHUNK ? DL_ATTN_CHUNK : nk[it] - p0;
+            eights[it] = by8 ? n[it] / 8 * 8 : 0;
+            nmax = n[it] > nmax ? n[it] : nmax;
+            if (eights[it] < n[it] && eights[it] < first1) first1 = eights[it];
+        }
+        /* eight keys at a time: one pass over each item's q scores them all */
+        for (int64_t j0 = 0; by8 && j0 + 8 <= nmax; j0 += 8) {
+            int64_t ks;
+            const float *kr = rows8_f32(buf, k, f16, copy, p0 + j0, kv_stride, head_dim, &ks);
+            for (int64_t it = 0; it < ni; it++) {
+                if (j0 + 8 > eights[it]) continue;
+                float *sh = s[it] + j0;
+                dot8_f32(sh, qp[it], kr, ks, head_dim);
+                for (int i = 0; i < 8; i++) sh[i] *= scale;
             }
         }
-        for (int64_t j = j0; j < n; j++) {
+        /* each item's last keys (and rows too wide for the buffers) one at a time */
+        for (int64_t j = first1; j < nmax; j++) {
             const float *kr = NULL;
             const uint16_t *kp = NULL;
             if (rows) {
@@ -412,44 +442,44 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
             } else {
                 kr = (const float *)k + (p0 + j) * kv_stride;
             }
-            for (int64_t h = 0; h < nh; h++) {
-                const float *qh = q + h * head_dim;
+            for (int64_t it = 0; it < ni; it++) {
+                if (j < eights[it] || j >= n[it]) continue;
                 float x;
                 if (kr) {
-                    x = dot_f32(qh, kr, head_dim);
+                    x = dot_f32(qp[it], kr, head_dim);
                 } else {
                     x = 0.0f;
-                    for (int64_t d = 0; d < head_dim; d++) x += qh[d] * dl_h2f(kp[d]);
+                    for (int64_t d = 0; d < head_dim; d++) x += qp[it][d] * dl_h2f(kp[d]);
                 }
-                s[h][j] = x * scale;
+                s[it][j] = x * scale;
             }
         }
-        for (int64_t h = 0; h < nh; h++) {
+        for (int64_t it = 0; it < ni; it++) {
+            if (n[it] == 0) continue;
             float cm = -INFINITY;
-            for (int64_t j = 0; j < n; j++) cm = s[h][j] > cm ? s[h][j] : cm;
-            if (cm > m[h]) {
-                const float c = dl_vexpf(m[h] - cm); /* 0 on the first chunk (m = -inf) */
-                for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] *= c;
-                l[h] *= c;
-                m[h] = cm;
+            for (int64_t j = 0; j < n[it]; j++) cm = s[it][j] > cm ? s[it][j] : cm;
+            if (cm > m[it]) {
+                const float c = dl_vexpf(m[it] - cm); /* 0 on the first chunk (m = -inf) */
+                for (int64_t d = 0; d < head_dim; d++) op[it][d] *= c;
+                l[it] *= c;
+                m[it] = cm;
             }
-            for (int64_t j = 0; j < n; j++) s[h][j] = dl_vexpf(s[h][j] - m[h]);
-            for (int64_t j = 0; j < n; j++) l[h] += s[h][j];
+            for (int64_t j = 0; j < n[it]; j++) s[it][j] = dl_vexpf(s[it][j] - m[it]);
+            for (int64_t j = 0; j < n[it]; j++) l[it] += s[it][j];
         }
-        int64_t j = 0;
-        if (!f16 || rows) {
-            /* eight keys per pass over each head's out, added in key order */
-            for (; j + 8 <= n; j += 8) {
-                int64_t vs;
-                const float *vr = rows8_f32(buf, v, f16, p0 + j, kv_stride, head_dim, &vs);
-                for (int64_t h = 0; h < nh; h++) axpy8_f32(out + h * head_dim, s[h] + j, vr, vs, head_dim);
-            }
+        /* eight keys per pass over each item's out, added in key order */
+        for (int64_t j0 = 0; by8 && j0 + 8 <= nmax; j0 += 8) {
+            int64_t vs;
+            const float *vr = rows8_f32(buf, v, f16, copy, p0 + j0, kv_stride, head_dim, &vs);
+            for (int64_t it = 0; it < ni; it++)
+                if (j0 + 8 <= eights[it]) axpy8_f32(op[it], s[it] + j0, vr, vs, head_dim);
         }
-        /* the last keys of the chunk (and rows too wide for the buffers) one at a time, in key order */
-        for (; j < n; j++) {
-            for (int64_t h = 0; h < nh; h++) {
-                const float e = s[h][j];
-                float *o = out + h * head_dim;
+        /* then each item's last keys one at a time, in key order */
+        for (int64_t j = first1; j < nmax; j++) {
+            for (int64_t it = 0; it < ni; it++) {
+                if (j < eights[it] || j >= n[it]) continue;
+                const float e = s[it][j];
+                float *o = op[it];
                 if (f16) {
                     const uint16_t *vp = (const uint16_t *)v + (p0 + j) * kv_stride;
                     for (int64_t d = 0; d < head_dim; d++) o[d] += e * dl_h2f(vp[d]);
@@ -460,9 +490,9 @@ static void k_attention(float *out, const float *q, const void *k, const void *v
             }
         }
     }
-    for (int64_t h = 0; h < nh; h++) {
-        const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-        for (int64_t d = 0; d < head_dim; d++) out[h * head_dim + d] *= inv;
+    for (int64_t it = 0; it < ni; it++) {
+        const float inv = l[it] > 0.0f ? 1.0f / l[it] : 0.0f;
+        for (int64_t d = 0; d < head_dim; d++) op[it][d] *= inv;
     }
 }
 

@@ -324,17 +324,20 @@ static void test_rope_attention(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     free(q), free(a), free(b), free(k), free(v);
 }
 
-/* Grouped-query attention takes the query heads of a KV head in one pass over its keys and values,
- * or part of them when there are few KV heads per thread: the bits must not depend on the grouping
- * (the thread count), for F32 and F16 caches, group sizes 8, 7, 16 and 32 (split), 1 and 3 queries. */
+/* Grouped-query attention takes the query heads of a KV head, and consecutive queries, in one pass over
+ * its keys and values, or part of them when there are few items per thread: the bits must not depend
+ * on the grouping (the thread count; every query alone), for F32 and F16 caches, group sizes 8, 7, 16
+ * and 32 (split), 1, 3 and 20 queries with different context lengths. */
 static void test_attention_groups(int vi) {
     const int64_t shapes[][3] = {{32, 4, 64}, {28, 4, 32}, {16, 1, 64}, {32, 1, 16}, {6, 6, 48}};
     for (int si = 0; si < 5; si++) {
         const int64_t heads = shapes[si][0], kv_heads = shapes[si][1], hd = shapes[si][2], n_kv = 77, stride = kv_heads * hd;
         for (int kt = 0; kt < 2; kt++) {
             const int kv_type = kt ? DL_TYPE_F16 : DL_TYPE_F32, elt = kt ? 2 : 4;
-            for (int64_t n_q = 1; n_q <= 3; n_q += 2) {
-                const int32_t pos[3] = {76, 40, 3};
+            for (int64_t n_q = 1; n_q <= 20; n_q = n_q == 1 ? 3 : n_q == 3 ? 20 : 21) {
+                int32_t pos[20] = {76, 40, 3};
+                if (n_q == 20)
+                    for (int i = 0; i < 20; i++) pos[i] = 76 - 3 * i;
                 const int64_t m = n_q * heads * hd;
                 float *q = malloc((size_t)m * 4), *kf = malloc((size_t)(n_kv * stride) * 4), *vf = malloc((size_t)(n_kv * stride) * 4);
                 void *k = malloc((size_t)(n_kv * stride) * (size_t)elt), *v = malloc((size_t)(n_kv * stride) * (size_t)elt);
@@ -360,6 +363,18 @@ static void test_attention_groups(int vi) {
                         failures++;
                     }
                 }
+                /* each query alone gives the bits it gets in the batch */
+                dl_ctx *c2 = dl_ctx_create(2, vi);
+                for (int64_t i = 0; i < n_q; i++) {
+                    expect_ok(dl_attention(got, q + i * heads * hd, k, v, kv_type, pos + i, 1, heads, kv_heads, hd, stride, 0.125f, c2), "attention");
+                    checks++;
+                    if (memcmp(want + i * heads * hd, got, (size_t)(heads * hd) * 4) != 0) {
+                        printf("FAIL attention %-8s %lld heads / %lld KV heads x %lld, %s: query %lld of %lld alone differs from the batch\n",
+                               dl_variant_name(vi), (long long)heads, (long long)kv_heads, (long long)hd, kt ? "F16" : "F32", (long long)i, (long long)n_q);
+                        failures++;
+                    }
+                }
+                dl_ctx_destroy(c2);
                 free(q), free(kf), free(vf), free(k), free(v), free(want), free(got);
             }
         }
