@@ -29,9 +29,6 @@ static inline void f16_row(float *dst, const uint16_t *src, int64_t n) {
     for (; i < n; i++) dst[i] = dla_h2f(src[i]);
 }
 
-/* Scale of one block pair: fp32(d_w) * fp32(d_x), rounded once as in the reference. */
-static inline float dla_scale(uint16_t dw, uint16_t dx) { return dla_h2f(dw) * dla_h2f(dx); }
-
 /* ---- f32 ------------------------------------------------------------------------------------ */
 
 #define DL_HAVE_DOT_F32
@@ -133,9 +130,9 @@ static inline float dot_bf16(const uint16_t *w, const uint16_t *x, int64_t n) {
     return s;
 }
 
-/* ---- int8 block dots: 32 products summed into the 4 lanes of an int32x4 ------------------- */
+/* ---- Q8_0 x Q8_0 block dot: 32 products summed into the 4 lanes of an int32x4 ------------- */
 
-/* Q8_0 x Q8_0: w = (w0, w1), x = (x0, x1), 16 quants each. */
+/* w = (w0, w1), x = (x0, x1), 16 quants each. */
 static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int8x16_t x1) {
 #ifdef __ARM_FEATURE_DOTPROD
     return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
@@ -149,57 +146,7 @@ static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int
 #endif
 }
 
-/* acc += float(p) * d, lane-wise (the lanes are summed at the end). */
-static inline float32x4_t dla_acc(float32x4_t acc, int32x4_t p, float d) {
-    return vfmaq_n_f32(acc, vcvtq_f32_s32(p), d);
-}
-
-/* ---- Q8_0 ---------------------------------------------------------------------------------- */
-
-#define DL_HAVE_DOT_Q8_0
-static inline float dot_q8_0(const block_q8_0 *w, const block_q8_0 *x, int64_t nb) {
-    float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0;
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) { /* two blocks per iteration, one accumulator each */
-        const block_q8_0 *wa = w + b, *wb = w + b + 1, *xa = x + b, *xb = x + b + 1;
-        const int32x4_t pa = dla_dot_q8(vld1q_s8(wa->q), vld1q_s8(wa->q + 16), vld1q_s8(xa->q), vld1q_s8(xa->q + 16));
-        const int32x4_t pb = dla_dot_q8(vld1q_s8(wb->q), vld1q_s8(wb->q + 16), vld1q_s8(xb->q), vld1q_s8(xb->q + 16));
-        a0 = dla_acc(a0, pa, dla_scale(wa->d, xa->d));
-        a1 = dla_acc(a1, pb, dla_scale(wb->d, xb->d));
-    }
-    if (b < nb) {
-        const int32x4_t p = dla_dot_q8(vld1q_s8(w[b].q), vld1q_s8(w[b].q + 16), vld1q_s8(x[b].q), vld1q_s8(x[b].q + 16));
-        a0 = dla_acc(a0, p, dla_scale(w[b].d, x[b].d));
-    }
-    return vaddvq_f32(vaddq_f32(a0, a1));
-}
-
-#define DL_HAVE_DOT2_Q8_0
-static inline void dot2_q8_0(float *s, const block_q8_0 *w0, const block_q8_0 *w1, const block_q8_0 *x, int64_t nb) {
-    float32x4_t a00 = vdupq_n_f32(0.0f), a01 = a00, a10 = a00, a11 = a00; /* a<row><block parity> */
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        const int8x16_t xa0 = vld1q_s8(x[b].q), xa1 = vld1q_s8(x[b].q + 16);
-        const int8x16_t xb0 = vld1q_s8(x[b + 1].q), xb1 = vld1q_s8(x[b + 1].q + 16);
-        const float dxa = dla_h2f(x[b].d), dxb = dla_h2f(x[b + 1].d);
-        a00 = dla_acc(a00, dla_dot_q8(vld1q_s8(w0[b].q), vld1q_s8(w0[b].q + 16), xa0, xa1), dla_h2f(w0[b].d) * dxa);
-        a10 = dla_acc(a10, dla_dot_q8(vld1q_s8(w1[b].q), vld1q_s8(w1[b].q + 16), xa0, xa1), dla_h2f(w1[b].d) * dxa);
-        a01 = dla_acc(a01, dla_dot_q8(vld1q_s8(w0[b + 1].q), vld1q_s8(w0[b + 1].q + 16), xb0, xb1),
-                      dla_h2f(w0[b + 1].d) * dxb);
-        a11 = dla_acc(a11, dla_dot_q8(vld1q_s8(w1[b + 1].q), vld1q_s8(w1[b + 1].q + 16), xb0, xb1),
-                      dla_h2f(w1[b + 1].d) * dxb);
-    }
-    if (b < nb) {
-        const int8x16_t x0 = vld1q_s8(x[b].q), x1 = vld1q_s8(x[b].q + 16);
-        const float dx = dla_h2f(x[b].d);
-        a00 = dla_acc(a00, dla_dot_q8(vld1q_s8(w0[b].q), vld1q_s8(w0[b].q + 16), x0, x1), dla_h2f(w0[b].d) * dx);
-        a10 = dla_acc(a10, dla_dot_q8(vld1q_s8(w1[b].q), vld1q_s8(w1[b].q + 16), x0, x1), dla_h2f(w1[b].d) * dx);
-    }
-    s[0] = vaddvq_f32(vaddq_f32(a00, a01));
-    s[1] = vaddvq_f32(vaddq_f32(a10, a11));
-}
-
-/* ---- Q4_0 (weights) x Q8_0 (activations): R rows x T tokens, groups of 4 blocks -------------- */
+/* ---- Q4_0 and Q8_0 weights x Q8_0 activations: R rows x T tokens, groups of 4 blocks -------- */
 
 /*
  * Per row, token and block the integer dot is exact, as in the reference: the nibbles (0..15) are
@@ -303,15 +250,46 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
         }
 }
 
-/* Q8_0 keeps its two-row dot (dot2_q8_0 / dot_q8_0 above) under the R x T interface. */
+/* Q8_0 x Q8_0 on the same tile: each block's exact int32 dot (dla_dot_q8), a group's 4 reduced into
+ * one vector (lane j = block j), converted once and multiplied by the 4 blocks' d_w * d_x. */
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
-    for (int t = 0; t < T; t++) {
-        int r = 0;
-        for (; r + 2 <= R; r += 2)
-            dot2_q8_0(&s[t * R + r], (const block_q8_0 *)(w + r * stride), (const block_q8_0 *)(w + (r + 1) * stride), x + t * nb, nb);
-        if (r < R) s[t * R + r] = dot_q8_0((const block_q8_0 *)(w + r * stride), x + t * nb, nb);
+    float32x4_t acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    int64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        int8x16_t xl[DL_DOTR_TOKENS][4], xh[DL_DOTR_TOKENS][4];
+        float32x4_t dx[DL_DOTR_TOKENS];
+        for (int t = 0; t < T; t++) {
+            const block_q8_0 *xb = x + t * nb + b;
+            DLA_UNROLL for (int j = 0; j < 4; j++) {
+                xl[t][j] = vld1q_s8(xb[j].q);
+                xh[t][j] = vld1q_s8(xb[j].q + 16);
+            }
+            dx[t] = dla_scales4((const uint8_t *)xb, sizeof(block_q8_0));
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * stride + b * sizeof(block_q8_0);
+            int8x16_t wl[4], wh[4];
+            DLA_UNROLL for (int j = 0; j < 4; j++) {
+                wl[j] = vld1q_s8((const int8_t *)(wr + j * sizeof(block_q8_0) + 2));
+                wh[j] = vld1q_s8((const int8_t *)(wr + j * sizeof(block_q8_0) + 18));
+            }
+            const float32x4_t sw = dla_scales4(wr, sizeof(block_q8_0));
+            for (int t = 0; t < T; t++) {
+                int32x4_t p[4];
+                DLA_UNROLL for (int j = 0; j < 4; j++) p[j] = dla_dot_q8(wl[j], wh[j], xl[t][j], xh[t][j]);
+                const int32x4_t d = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
+                acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(d), vmulq_f32(sw, dx[t]));
+            }
+        }
     }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            s[t * R + r] = vaddvq_f32(acc[r][t]);
+            if (b < nb) s[t * R + r] += dot_q8_0_ref((const block_q8_0 *)(w + r * stride) + b, x + t * nb + b, nb - b);
+        }
 }
 
 /* ---- read-bandwidth probe ------------------------------------------------------------------ */
