@@ -104,6 +104,8 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
                a3 = _mm256_setzero_ps();                                                            \
         int64_t i = 0;                                                                              \
         for (; i + 32 <= n; i += 32) {                                                              \
+            /* one line of the row 1 KiB on: 0.48-0.60 -> 0.65-0.69 of the probe on one Zen 3 thread */ \
+            _mm_prefetch((const char *)(w + i) + 1024, _MM_HINT_T0);                                \
             a0 = _mm256_fmadd_ps(LOAD8(w + i), LOAD8(x + i), a0);                                   \
             a1 = _mm256_fmadd_ps(LOAD8(w + i + 8), LOAD8(x + i + 8), a1);                           \
             a2 = _mm256_fmadd_ps(LOAD8(w + i + 16), LOAD8(x + i + 16), a2);                         \
