@@ -188,6 +188,14 @@ static inline float32x4_t dla_scales4(const uint8_t *p, int64_t stride) {
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
 }
 
+/* A group's 4 Q8_0 blocks from xb: values 0..15 of block j in lo[j], values 16..31 in hi[j]. */
+static inline __attribute__((always_inline)) void dla_load4(int8x16_t lo[4], int8x16_t hi[4], const block_q8_0 *xb) {
+    DLA_UNROLL for (int j = 0; j < 4; j++) {
+        lo[j] = vld1q_s8(xb[j].q);
+        hi[j] = vld1q_s8(xb[j].q + 16);
+    }
+}
+
 /* Lane j = 8 * (sum of the 32 values of block j), j = 0..3. */
 static inline int32x4_t dla_sum8(const block_q8_0 *x) {
     int16x8_t s[4];
@@ -208,10 +216,7 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
         float32x4_t dx[DL_DOTR_TOKENS];
         for (int t = 0; t < T; t++) {
             const block_q8_0 *xb = x + t * nb + b;
-            DLA_UNROLL for (int j = 0; j < 4; j++) {
-                xl[t][j] = vld1q_s8(xb[j].q);
-                xh[t][j] = vld1q_s8(xb[j].q + 16);
-            }
+            dla_load4(xl[t], xh[t], xb);
             m8[t] = dla_sum8(xb);
             dx[t] = dla_scales4((const uint8_t *)xb, sizeof(block_q8_0));
         }
@@ -263,19 +268,13 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
         float32x4_t dx[DL_DOTR_TOKENS];
         for (int t = 0; t < T; t++) {
             const block_q8_0 *xb = x + t * nb + b;
-            DLA_UNROLL for (int j = 0; j < 4; j++) {
-                xl[t][j] = vld1q_s8(xb[j].q);
-                xh[t][j] = vld1q_s8(xb[j].q + 16);
-            }
+            dla_load4(xl[t], xh[t], xb);
             dx[t] = dla_scales4((const uint8_t *)xb, sizeof(block_q8_0));
         }
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * stride + b * sizeof(block_q8_0);
             int8x16_t wl[4], wh[4];
-            DLA_UNROLL for (int j = 0; j < 4; j++) {
-                wl[j] = vld1q_s8((const int8_t *)(wr + j * sizeof(block_q8_0) + 2));
-                wh[j] = vld1q_s8((const int8_t *)(wr + j * sizeof(block_q8_0) + 18));
-            }
+            dla_load4(wl, wh, (const block_q8_0 *)wr);
             const float32x4_t sw = dla_scales4(wr, sizeof(block_q8_0));
             for (int t = 0; t < T; t++) {
                 int32x4_t p[4];
