@@ -392,7 +392,7 @@ static void k_attention(float *out, const float *q, int64_t q_stride, const void
     float m[G], l[G], s[G][DL_ATTN_CHUNK];
     const float *qp[G];
     float *op[G];
-    int64_t nk[G], n[G], eights[G];
+    int64_t n[G], eights[G];
     /* an F16 cache's keys and values are converted to float a row at a time (vectorised where the
      * variant has an fp16 conversion) and then take the F32 path; rows wider than the buffers take
      * the element-by-element path */
@@ -401,20 +401,21 @@ static void k_attention(float *out, const float *q, int64_t q_stride, const void
     const int64_t ni = nt * nh;
     const int copy = !f16 && ni > 1 && head_dim <= DL_ATTN_MAX_HEAD_DIM;
     int64_t max_kv = 0;
-    for (int64_t i = 0; i < nt; i++)
+    for (int64_t i = 0; i < nt; i++) {
+        max_kv = n_kv[i] > max_kv ? n_kv[i] : max_kv;
         for (int64_t h = 0; h < nh; h++) {
             const int64_t it = i * nh + h;
             qp[it] = q + i * q_stride + h * head_dim;
             op[it] = out + i * q_stride + h * head_dim;
-            nk[it] = n_kv[i];
             m[it] = -INFINITY, l[it] = 0.0f;
             for (int64_t d = 0; d < head_dim; d++) op[it][d] = 0.0f;
         }
-    for (int64_t i = 0; i < nt; i++) max_kv = n_kv[i] > max_kv ? n_kv[i] : max_kv;
+    }
     for (int64_t p0 = 0; p0 < max_kv; p0 += DL_ATTN_CHUNK) {
         int64_t nmax = 0, first1 = DL_ATTN_CHUNK; /* the longest item's keys; the first key taken one at a time */
         for (int64_t it = 0; it < ni; it++) {
-            n[it] = nk[it] - p0 < 0 ? 0 : nk[it] - p0 > DL_ATTN_CHUNK ? DL_ATTN_CHUNK : nk[it] - p0;
+            const int64_t left = n_kv[it / nh] - p0; /* item it is query it / nh */
+            n[it] = left < 0 ? 0 : left > DL_ATTN_CHUNK ? DL_ATTN_CHUNK : left;
             eights[it] = by8 ? n[it] / 8 * 8 : 0;
             nmax = n[it] > nmax ? n[it] : nmax;
             if (eights[it] < n[it] && eights[it] < first1) first1 = eights[it];
