@@ -161,15 +161,9 @@ static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int
  * `stride` bytes apart, each the head of its own sequential stream (DL_DOTR_STREAMS, kernels.c). A
  * row's value does not depend on the rows or tokens it is computed with.
  */
-/* The loops over a group's 4 blocks must be unrolled so that the blocks stay in registers (clang
- * otherwise keeps them as arrays on the stack: 25.3 instructions per block against 14.8, counted under qemu). */
-#if defined(__clang__)
-#define DLA_UNROLL _Pragma("clang loop unroll(full)")
-#elif defined(__GNUC__)
-#define DLA_UNROLL _Pragma("GCC unroll 4")
-#else
-#define DLA_UNROLL
-#endif
+/* The loops over a group's 4 blocks are unrolled (DL_UNROLL, internal.h) so that the blocks stay in
+ * registers (clang otherwise kept them as arrays on the stack: 25.3 instructions per block against
+ * 14.8, counted under qemu). */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
 #ifdef __ARM_FEATURE_DOTPROD
@@ -184,13 +178,13 @@ static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int
 /* The fp16 values at p, p + stride, p + 2 stride, p + 3 stride, as 4 floats. */
 static inline float32x4_t dla_scales4(const uint8_t *p, int64_t stride) {
     uint16_t h[4];
-    DLA_UNROLL for (int j = 0; j < 4; j++) memcpy(&h[j], p + j * stride, 2);
+    DL_UNROLL for (int j = 0; j < 4; j++) memcpy(&h[j], p + j * stride, 2);
     return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
 }
 
 /* A group's 4 Q8_0 blocks from xb: values 0..15 of block j in lo[j], values 16..31 in hi[j]. */
 static inline __attribute__((always_inline)) void dla_load4(int8x16_t lo[4], int8x16_t hi[4], const block_q8_0 *xb) {
-    DLA_UNROLL for (int j = 0; j < 4; j++) {
+    DL_UNROLL for (int j = 0; j < 4; j++) {
         lo[j] = vld1q_s8(xb[j].q);
         hi[j] = vld1q_s8(xb[j].q + 16);
     }
@@ -199,7 +193,7 @@ static inline __attribute__((always_inline)) void dla_load4(int8x16_t lo[4], int
 /* Lane j = 8 * (sum of the 32 values of block j), j = 0..3. */
 static inline int32x4_t dla_sum8(const block_q8_0 *x) {
     int16x8_t s[4];
-    DLA_UNROLL for (int j = 0; j < 4; j++) s[j] = vaddq_s16(vpaddlq_s8(vld1q_s8(x[j].q)), vpaddlq_s8(vld1q_s8(x[j].q + 16)));
+    DL_UNROLL for (int j = 0; j < 4; j++) s[j] = vaddq_s16(vpaddlq_s8(vld1q_s8(x[j].q)), vpaddlq_s8(vld1q_s8(x[j].q + 16)));
     return vshlq_n_s32(vpaddlq_s16(vpaddq_s16(vpaddq_s16(s[0], s[1]), vpaddq_s16(s[2], s[3]))), 3);
 }
 
@@ -223,7 +217,7 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * stride + b * sizeof(block_q4_0);
             int8x16_t lo[4], hi[4];
-            DLA_UNROLL for (int j = 0; j < 4; j++) {
+            DL_UNROLL for (int j = 0; j < 4; j++) {
                 const uint8x16_t v = vld1q_u8(wr + j * sizeof(block_q4_0) + 2);
                 lo[j] = vreinterpretq_s8_u8(vandq_u8(v, m4));
                 hi[j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
@@ -232,11 +226,11 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
             for (int t = 0; t < T; t++) {
 #ifdef __ARM_FEATURE_DOTPROD
                 int32x4_t p[4];
-                DLA_UNROLL for (int j = 0; j < 4; j++) p[j] = vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo[j], xl[t][j]), hi[j], xh[t][j]);
+                DL_UNROLL for (int j = 0; j < 4; j++) p[j] = vdotq_s32(vdotq_s32(vdupq_n_s32(0), lo[j], xl[t][j]), hi[j], xh[t][j]);
                 const int32x4_t d = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
 #else
                 int16x8_t p[4];
-                DLA_UNROLL for (int j = 0; j < 4; j++) {
+                DL_UNROLL for (int j = 0; j < 4; j++) {
                     int16x8_t q = vmull_s8(vget_low_s8(lo[j]), vget_low_s8(xl[t][j]));
                     q = vmlal_high_s8(q, lo[j], xl[t][j]);
                     q = vmlal_s8(q, vget_low_s8(hi[j]), vget_low_s8(xh[t][j]));
@@ -278,7 +272,7 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
             const float32x4_t sw = dla_scales4(wr, sizeof(block_q8_0));
             for (int t = 0; t < T; t++) {
                 int32x4_t p[4];
-                DLA_UNROLL for (int j = 0; j < 4; j++) p[j] = dla_dot_q8(wl[j], wh[j], xl[t][j], xh[t][j]);
+                DL_UNROLL for (int j = 0; j < 4; j++) p[j] = dla_dot_q8(wl[j], wh[j], xl[t][j], xh[t][j]);
                 const int32x4_t d = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
                 acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(d), vmulq_f32(sw, dx[t]));
             }

@@ -565,6 +565,7 @@ static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint
                 px[t] = local[t];
             }
         }
+        DL_UNROLL
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * stride + b * 18;
             for (int64_t o = 0; o < 8 * 18; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
@@ -575,6 +576,7 @@ static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint
                 hi[k] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
             }
             const __m256 sw = q4_scales8(wr);
+            DL_UNROLL
             for (int t = 0; t < T; t++) {
                 __m256i q[4];
                 for (int k = 0; k < 4; k++)
@@ -625,9 +627,12 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
         tile_scales(sc, w + b * 34, stride, 34, R, x + b, T, nb, g);
         for (int64_t j = 0; j < g; j++) {
             __m256i qx[DL_DOTR_TOKENS];
+            DL_UNROLL
             for (int t = 0; t < T; t++) qx[t] = load256(x[t * nb + b + j].q);
+            DL_UNROLL
             for (int r = 0; r < R; r++) {
                 const __m256i q = load256(w + r * stride + (b + j) * 34 + 2), aq = _mm256_sign_epi8(q, q);
+                DL_UNROLL
                 for (int t = 0; t < T; t++) {
                     const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(qx[t], q)), ones);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t][j]), _mm256_cvtepi32_ps(d), acc[r][t]);
@@ -837,19 +842,25 @@ static inline __attribute__((always_inline)) void dotr_128(float *s, const uint8
     for (; b + 4 <= nb; b += 4) {
         __m128 sx[DL_DOTR_TOKENS];
         xblock xp[DL_DOTR_TOKENS][4];
+        DL_UNROLL
         for (int t = 0; t < T; t++) {
             sx[t] = scales4((const uint8_t *)(x + t * nb + b), 34);
+            DL_UNROLL
             for (int j = 0; j < 4; j++) xp[t][j] = prep_x(x + t * nb + b + j, q4);
         }
+        DL_UNROLL
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * stride + b * bb;
             const __m128 sw = scales4(wr, bb);
             for (int64_t o = 0; o < 4 * bb; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
             __m128i d[DL_DOTR_TOKENS][4];
+            DL_UNROLL
             for (int j = 0; j < 4; j++) {
                 const wblock wp = prep_w(wr + j * bb, q4);
+                DL_UNROLL
                 for (int t = 0; t < T; t++) d[t][j] = block_dot(&wp, &xp[t][j], q4);
             }
+            DL_UNROLL
             for (int t = 0; t < T; t++) acc[r][t] = _mm_add_ps(acc[r][t], _mm_mul_ps(_mm_mul_ps(sw, sx[t]), _mm_cvtepi32_ps(reduce4(d[t], q4))));
         }
     }

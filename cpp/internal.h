@@ -114,6 +114,18 @@ static inline uint16_t dl_f2bf(float f) {
 }
 
 /* ---- variant naming: kernels.c is compiled once per variant with DL_VARIANT set ---- */
+/* Fully unrolls the next loop (at most 4 iterations): tile loops over a kernel's rows, tokens and
+ * blocks whose counts are constants after inlining. Without it clang kept such loops rolled, with the
+ * per-row accumulators and unpacked blocks in stack arrays (the AVX2 Q4_0 tile: 8-11 % slower per
+ * block with its weights in cache; the NEON tiles: 25.3 instructions per block against 14.8). */
+#if defined(__clang__)
+#define DL_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define DL_UNROLL _Pragma("GCC unroll 4")
+#else
+#define DL_UNROLL
+#endif
+
 #define DL_CAT2(a, b) a##b
 #define DL_CAT(a, b) DL_CAT2(a, b)
 #define DL_STR2(a) #a
