@@ -366,12 +366,21 @@ typedef struct {
  * 4 per thread, each at least DL_MATMUL_PART_BYTES of weights (its four row streams stay long enough
  * for the hardware prefetcher). Threads claim parts as they finish, so two threads of unequal speed
  * (SMT siblings, a preempted vCPU) finish together instead of the faster one waiting. Batches (two or
- * more tokens: compute-bound, every part re-reads the activations) keep one part per thread. A row's
- * value does not depend on its part.
+ * more tokens: compute-bound, the packed activations stay in L2) take up to 8 parts per thread of at
+ * least DL_MATMUL_PART_ROWS rows: with one part per thread, the thread on the slower SMT sibling set
+ * the pace of every prompt matmul (a 64-token batch over a TinyLlama layer's matrices on 2 threads,
+ * old and new library alternated in one process, 20 rounds: paired median 1.01-1.16x, 0.6-16 %
+ * faster, never slower). A row's value does not depend on its part.
  */
 #define DL_MATMUL_PART_BYTES (256 * 1024)
+#define DL_MATMUL_PART_ROWS 32
 static int64_t matmul_parts(int64_t nth, int64_t rows, int64_t row_bytes, int64_t n_tok) {
-    if (nth <= 1 || n_tok > 1) return nth;
+    if (nth <= 1) return nth;
+    if (n_tok > 1) {
+        int64_t parts = rows / DL_MATMUL_PART_ROWS;
+        if (parts > 8 * nth) parts = 8 * nth;
+        return parts < nth ? nth : parts;
+    }
     int64_t parts = rows * row_bytes / DL_MATMUL_PART_BYTES;
     if (parts > 4 * nth) parts = 4 * nth;
     return parts < nth ? nth : parts;
