@@ -56,7 +56,7 @@ typedef struct dl_kernels {
     void (*f32_to_bf16)(uint16_t *out, const float *x, int64_t n);
     uint64_t (*read_sum)(const void *buf, int64_t bytes); /* bandwidth probe */
     /* Optional (NULL when the variant has none): Q4_0 matmuls against activations packed once per call
-     * (layout in dot_x86.h). pack_q8_0 packs n_tok Q8_0 rows of nb blocks, pack_bytes(nb) bytes each;
+     * (layouts in dot_x86.h and dot_arm.h). pack_q8_0 packs n_tok Q8_0 rows of nb blocks, pack_bytes(nb) bytes each;
      * matmul_packed computes rows [ra, rb) like matmul, reading x only for blocks the packing leaves out. */
     void (*pack_q8_0)(void *dst, const void *x, int64_t nb, int64_t n_tok);
     int64_t (*pack_bytes)(int64_t nb);
