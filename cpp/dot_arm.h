@@ -310,6 +310,21 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
 
 /* Q8_0 x Q8_0 on the same tile: each block's exact int32 dot (dla_dot_q8), a group's 4 reduced into
  * one vector (lane j = block j), converted once and multiplied by the 4 blocks' d_w * d_x. */
+/* One weight row's group of 4 blocks at wr against T tokens' group (values xl/xh, scales dx). */
+static inline __attribute__((always_inline)) void dla_q8_row(float32x4_t acc[DL_DOTR_TOKENS], const uint8_t *wr,
+                                                             int8x16_t xl[][4], int8x16_t xh[][4], const float32x4_t dx[],
+                                                             const int T) {
+    int8x16_t wl[4], wh[4];
+    dla_load4(wl, wh, (const block_q8_0 *)wr);
+    const float32x4_t sw = dla_scales4(wr, sizeof(block_q8_0));
+    for (int t = 0; t < T; t++) {
+        int32x4_t p[4];
+        DL_UNROLL for (int j = 0; j < 4; j++) p[j] = dla_dot_q8(wl[j], wh[j], xl[t][j], xh[t][j]);
+        const int32x4_t d = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
+        acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(d), vmulq_f32(sw, dx[t]));
+    }
+}
+
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     float32x4_t acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
@@ -324,18 +339,12 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
             dla_load4(xl[t], xh[t], xb);
             dx[t] = dla_scales4((const uint8_t *)xb, sizeof(block_q8_0));
         }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * stride + b * sizeof(block_q8_0);
-            int8x16_t wl[4], wh[4];
-            dla_load4(wl, wh, (const block_q8_0 *)wr);
-            const float32x4_t sw = dla_scales4(wr, sizeof(block_q8_0));
-            for (int t = 0; t < T; t++) {
-                int32x4_t p[4];
-                DL_UNROLL for (int j = 0; j < 4; j++) p[j] = dla_dot_q8(wl[j], wh[j], xl[t][j], xh[t][j]);
-                const int32x4_t d = vpaddq_s32(vpaddq_s32(p[0], p[1]), vpaddq_s32(p[2], p[3]));
-                acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(d), vmulq_f32(sw, dx[t]));
-            }
-        }
+#ifdef __ARM_FEATURE_DOTPROD
+        if (T == 1) { /* one token: the rows unrolled (11.5 -> 10.6 instructions per block under qemu) */
+            DL_UNROLL for (int r = 0; r < R; r++) dla_q8_row(acc[r], w + r * stride + b * sizeof(block_q8_0), xl, xh, dx, 1);
+        } else /* a batch: rolled (unrolled: 8.7 -> 9.3) */
+#endif
+            for (int r = 0; r < R; r++) dla_q8_row(acc[r], w + r * stride + b * sizeof(block_q8_0), xl, xh, dx, T);
     }
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
