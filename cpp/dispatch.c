@@ -376,13 +376,9 @@ typedef struct {
 #define DL_MATMUL_PART_ROWS 32
 static int64_t matmul_parts(int64_t nth, int64_t rows, int64_t row_bytes, int64_t n_tok) {
     if (nth <= 1) return nth;
-    if (n_tok > 1) {
-        int64_t parts = rows / DL_MATMUL_PART_ROWS;
-        if (parts > 8 * nth) parts = 8 * nth;
-        return parts < nth ? nth : parts;
-    }
-    int64_t parts = rows * row_bytes / DL_MATMUL_PART_BYTES;
-    if (parts > 4 * nth) parts = 4 * nth;
+    const int64_t most = (n_tok > 1 ? 8 : 4) * nth;
+    int64_t parts = n_tok > 1 ? rows / DL_MATMUL_PART_ROWS : rows * row_bytes / DL_MATMUL_PART_BYTES;
+    if (parts > most) parts = most;
     return parts < nth ? nth : parts;
 }
 

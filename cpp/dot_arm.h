@@ -175,6 +175,12 @@ static inline int32x4_t dla_dot_q8(int8x16_t w0, int8x16_t w1, int8x16_t x0, int
 #endif
 #define DL_DOTR_STREAMS 1
 
+/* A tile's accumulators: 4 partial sums per (row, token), zeroed. */
+static inline __attribute__((always_inline)) void dla_tile_zero(float32x4_t acc[][DL_DOTR_TOKENS], const int R, const int T) {
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
+}
+
 /* The fp16 values at p, p + stride, p + 2 stride, p + 3 stride, as 4 floats. */
 static inline float32x4_t dla_scales4(const uint8_t *p, int64_t stride) {
     uint16_t h[4];
@@ -238,8 +244,7 @@ static inline __attribute__((always_inline)) void tile_q4_0_impl(float *s, const
                                                                  const int T, int64_t nb, const int packed) {
     const uint8x16_t m4 = vdupq_n_u8(15);
     float32x4_t acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    dla_tile_zero(acc, R, T);
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
         int8x16_t xl[DL_DOTR_TOKENS][4], xh[DL_DOTR_TOKENS][4];
@@ -328,8 +333,7 @@ static inline __attribute__((always_inline)) void dla_q8_row(float32x4_t acc[DL_
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t stride, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     float32x4_t acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    dla_tile_zero(acc, R, T);
     int64_t b = 0;
     for (; b + 4 <= nb; b += 4) {
         int8x16_t xl[DL_DOTR_TOKENS][4], xh[DL_DOTR_TOKENS][4];

@@ -627,12 +627,9 @@ static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint
         tile_scales(sc, w + b * 34, stride, 34, R, x + b, T, nb, g);
         for (int64_t j = 0; j < g; j++) {
             __m256i qx[DL_DOTR_TOKENS];
-            DL_UNROLL
             for (int t = 0; t < T; t++) qx[t] = load256(x[t * nb + b + j].q);
-            DL_UNROLL
             for (int r = 0; r < R; r++) {
                 const __m256i q = load256(w + r * stride + (b + j) * 34 + 2), aq = _mm256_sign_epi8(q, q);
-                DL_UNROLL
                 for (int t = 0; t < T; t++) {
                     const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(aq, _mm256_sign_epi8(qx[t], q)), ones);
                     acc[r][t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sc[r][t][j]), _mm256_cvtepi32_ps(d), acc[r][t]);
