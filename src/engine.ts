@@ -53,6 +53,8 @@ export interface EngineOptions {
   directIO?: boolean;
   /** --split: relative weights of the nodes' shares (root first), or "auto" (measured); default equal */
   split?: number[] | "auto";
+  /** --mesh: links between the workers for three nodes or more (default true) */
+  mesh?: boolean;
   log?: (line: string) => void;
 }
 
@@ -94,6 +96,7 @@ export async function openEngine(path: string, o: EngineOptions): Promise<Engine
         profiler: prof,
         align,
         split: o.split,
+        mesh: o.mesh,
         log: o.log,
       });
       slice = peers.slices[0]!;
@@ -134,7 +137,7 @@ export interface GenerateStats {
   decodeSeconds: number;
   stop: "eog" | "length" | "context";
   /** on a cluster: bytes on the wire (both ways) and reductions per decoded token */
-  wire?: { bytesPerToken: number; syncsPerToken: number };
+  wire?: { bytesPerToken: number; betweenWorkersPerToken: number; syncsPerToken: number };
 }
 
 export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateStats> {
@@ -173,7 +176,8 @@ export async function generate(e: Engine, o: GenerateOptions): Promise<GenerateS
   const steps = Math.max(1, generated.length - 1); // forward passes after the prompt
   if (e.peers && before) {
     const st = e.peers.stats;
-    wire = { bytesPerToken: (st.bytesOut + st.bytesIn - before.bytesOut - before.bytesIn) / steps, syncsPerToken: (st.syncs - before.syncs) / steps };
+    const between = (st.bytesBetweenWorkers - before.bytesBetweenWorkers) / steps;
+    wire = { bytesPerToken: (st.bytesOut + st.bytesIn - before.bytesOut - before.bytesIn) / steps + between, betweenWorkersPerToken: between, syncsPerToken: (st.syncs - before.syncs) / steps };
   }
   return { promptTokens: prompt.length, generated, promptSeconds, decodeSeconds, stop, wire };
 }

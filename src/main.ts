@@ -40,6 +40,7 @@ const CLUSTER_FLAGS: FlagSpec[] = [
   { name: "wire", type: "string", value: "q8_0|f16|f32", help: "activation encoding between nodes (default q8_0: 3.8x smaller than f32)" },
   { name: "secret", type: "string", value: "S", help: "cluster secret (default: $DAIRLLM_SECRET); workers started with one refuse roots without it" },
   { name: "split", type: "string", value: "even|auto|W,...", help: "how big each node's share is: equal (even, default), in proportion to each node's measured speed (auto), or to relative weights, the root first (e.g. 2,1,1)" },
+  { name: "mesh", type: "string", value: "on|off", help: "with 2+ workers: links between the workers so that each reduction crosses the network once (on, default) or every reduction through the root (off)" },
   { name: "verify", type: "string", value: "fast|full", help: "how nodes compare the model file: size + sampled MD5 (fast, default) or the whole file's MD5 (full)" },
   { name: "max-memory", type: "string", value: "SIZE", help: "stream this node's weights from disk through SIZE of memory (e.g. 512M, 2G) instead of mapping the file; for models larger than RAM" },
 ];
@@ -143,7 +144,7 @@ async function run(argv: string[]): Promise<number> {
   const seed = (flags.seed as number | undefined) ?? Math.floor(Math.random() * 2 ** 32);
   const e = await openEngine(path, { ...clusterOptions(flags), kv: kv === "f16" ? GGMLType.F16 : GGMLType.F32, ctx: flags.ctx as number | undefined });
   const ctx = e.ctx;
-  process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}${e.peers ? `; ${e.peers.conns.length} worker(s)` : ""}\n`);
+  process.stderr.write(`loaded ${e.config.name} (${e.config.arch}, ${e.config.nLayers} layers, dim ${e.config.dim}) in ${e.loadSeconds.toFixed(2)} s; kernels ${e.kernels.name}, ${e.kernels.threads} threads; ctx ${ctx}; seed ${seed}${e.peers ? `; ${e.peers.conns.length} worker(s)${e.peers.meshed ? " linked to each other" : ""}` : ""}\n`);
   const stats = await generate(e, {
     prompt,
     maxTokens: (flags["n-predict"] as number | undefined) ?? 128,
@@ -168,7 +169,10 @@ async function run(argv: string[]): Promise<number> {
     `prompt: ${stats.promptTokens} tokens in ${stats.promptSeconds.toFixed(3)} s (${(stats.promptTokens / stats.promptSeconds).toFixed(1)} tokens/s); ` +
       `decode: ${n} tokens in ${stats.decodeSeconds.toFixed(3)} s (${n ? (n / stats.decodeSeconds).toFixed(1) : "0"} tokens/s)\n`,
   );
-  if (stats.wire) process.stderr.write(`cluster: ${(stats.wire.bytesPerToken / 1024).toFixed(1)} KiB on the wire and ${stats.wire.syncsPerToken.toFixed(0)} reductions per decoded token\n`);
+  if (stats.wire) {
+    const w = stats.wire, between = w.betweenWorkersPerToken ? ` (${(w.betweenWorkersPerToken / 1024).toFixed(1)} KiB of it between workers)` : "";
+    process.stderr.write(`cluster: ${(w.bytesPerToken / 1024).toFixed(1)} KiB on the wire${between} and ${w.syncsPerToken.toFixed(0)} reductions per decoded token\n`);
+  }
   if (stats.stop === "context") process.stderr.write(`stopped: the context limit of ${ctx} tokens is reached (raise --ctx)\n`);
   e.close();
   return 0;
@@ -183,7 +187,10 @@ function clusterOptions(flags: ParsedFlags) {
   for (const w of workers) if (!/^(\[[^\]]+\]|[^:\s]+)(:\d{1,5})?$/.test(w)) throw new UsageError(`--workers: "${w}" is not host:port`);
   const verify = String(flags.verify ?? "fast");
   if (verify !== "fast" && verify !== "full") throw new UsageError(`--verify must be fast or full (got ${verify})`);
+  const mesh = String(flags.mesh ?? "on");
+  if (mesh !== "on" && mesh !== "off") throw new UsageError(`--mesh must be on or off (got ${mesh})`);
   return {
+    mesh: mesh === "on",
     split: splitOption(flags.split as string | undefined, workers.length + 1),
     threads: (flags.threads as number | undefined) ?? navigator.hardwareConcurrency,
     maxMemory: maxMemory(flags),

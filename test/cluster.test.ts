@@ -7,7 +7,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { openEngine } from "../src/engine";
-import { MessageType } from "../src/cluster/protocol";
+import { MessageType, PROTOCOL_VERSION } from "../src/cluster/protocol";
+import { connect } from "../src/cluster/conn";
 
 const ROOT = join(import.meta.dir, "..");
 const MODELS = join(import.meta.dir, "fixtures", "models");
@@ -98,6 +99,21 @@ describe("same results as one node", () => {
           expect(many.err).toContain(`${nodes - 1} worker(s)`);
           expect(many.code).toBe(0);
           expect(many.out).toBe(one.out);
+          // three nodes or more: the workers link to each other (each reduction crosses the network once)
+          expect(many.err.includes("linked to each other")).toBe(nodes > 2);
+        }
+        if (nodes > 2) {
+          // and every reduction through the root (--mesh off): the same text
+          const star = root(...args, "--workers", list, "--mesh", "off");
+          expect(star.code).toBe(0);
+          expect(star.err).not.toContain("linked to each other");
+          expect(star.out).toBe(one.out);
+          const f32star = await logitsOf(model, ref.tokens, "--workers", list, "--wire", "f32", "--mesh", "off");
+          expect(maxDiff(f32star, single)).toBeLessThan(1e-4);
+          for (const w of ws) {
+            for (let i = 0; i < 100 && !w.log().includes("linked to the other workers"); i++) await Bun.sleep(20);
+            expect(w.log()).toContain("linked to the other workers");
+          }
         }
         // every worker computed its share of the logits (SESSION_LOGITS)
         for (const w of ws) {
@@ -220,10 +236,10 @@ describe("refusals and failures", () => {
       };
       await send(new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
       await send(header(1, 1, 0)); // a root of protocol version 1
-      await send(header(3, 7, 0x7fffffff));
+      await send(header(PROTOCOL_VERSION, 7, 0x7fffffff));
       await Bun.sleep(100);
       expect(w!.log()).toMatch(/bad frame: .*magic/);
-      expect(w!.log()).toContain("peer speaks protocol version 1, this node speaks 3");
+      expect(w!.log()).toContain(`peer speaks protocol version 1, this node speaks ${PROTOCOL_VERSION}`);
       expect(w!.log()).toMatch(/above the limit/);
       expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
     } finally {
@@ -253,6 +269,22 @@ describe("refusals and failures", () => {
     }
   }, 30_000);
 
+  test("a link from a stranger (a PeerHello with a token no session has) is refused; the worker keeps serving", async () => {
+    const model = join(MODELS, "tiny-q4_0.gguf");
+    const [w] = await workers(model, 1);
+    try {
+      const [host, port] = w!.addr.split(":");
+      const conn = await connect(host!, Number(port), `worker ${w!.addr}`, 5000);
+      conn.send({ type: MessageType.PeerHello, version: PROTOCOL_VERSION, node: 2, token: new Uint8Array(16).fill(7) });
+      const r = await conn.next(10_000, "the answer to a stranger's link");
+      expect(r.message.type).toBe(MessageType.Error);
+      if (r.message.type === MessageType.Error) expect(r.message.message).toContain("no session of this worker has the mesh token");
+      expect(root("--root", "-m", model, "-p", "hi", "-n", "4", "--workers", w!.addr).code).toBe(0);
+    } finally {
+      stop([w!]);
+    }
+  }, 30_000);
+
   test("an unreachable worker is a clear error, quickly", () => {
     const r = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "--workers", "127.0.0.1:1");
     expect(r.code).toBe(1);
@@ -260,28 +292,54 @@ describe("refusals and failures", () => {
     expect(r.seconds).toBeLessThan(5);
   });
 
-  for (const [how, signal, message] of [["dies", "SIGKILL", "closed the connection"], ["stalls", "SIGSTOP", "did not answer"]] as const) {
-    test(`a worker that ${how} mid-generation stops the root within 5 s, naming it`, async () => {
-      const [w] = await workers(DEMO, 1);
-      try {
-        const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--root", "-m", DEMO, "-p", "def f(x):", "-n", "480", "--temp", "0", "--workers", w!.addr], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
-        running.push(proc);
-        const reader = proc.stdout.getReader();
-        await reader.read(); // the first tokens are out: generation is under way
-        const t0 = performance.now();
-        w!.proc.kill(signal);
-        const code = await proc.exited;
-        const seconds = (performance.now() - t0) / 1000;
-        const err = await new Response(proc.stderr).text();
-        expect(code).toBe(1);
-        expect(err).toContain(`worker ${w!.addr}`);
-        expect(err).toContain(message);
-        expect(seconds).toBeLessThan(6.5);
-      } finally {
-        w!.proc.kill("SIGKILL");
-      }
-    }, 30_000);
+  for (const nodes of [2, 3]) {
+    for (const [how, signal, message] of [["dies", "SIGKILL", "closed the connection"], ["stalls", "SIGSTOP", "did not answer"]] as const) {
+      // with 3 nodes the workers are linked: the other worker waits for the lost one's partial too
+      test(`a worker that ${how} mid-generation stops the root within 5 s, naming it (${nodes} nodes)`, async () => {
+        const ws = await workers(DEMO, nodes - 1);
+        const lost = ws[ws.length - 1]!;
+        try {
+          const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--root", "-m", DEMO, "-p", "def f(x):", "-n", "480", "--temp", "0", "--workers", ws.map((w) => w.addr).join(",")], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+          running.push(proc);
+          const reader = proc.stdout.getReader();
+          await reader.read(); // the first tokens are out: generation is under way
+          const t0 = performance.now();
+          lost.proc.kill(signal);
+          const code = await proc.exited;
+          const seconds = (performance.now() - t0) / 1000;
+          const err = await new Response(proc.stderr).text();
+          expect(code).toBe(1);
+          expect(err).toContain(`worker ${lost.addr}`);
+          expect(err).toContain(message);
+          expect(seconds).toBeLessThan(6.5);
+          if (nodes > 2) {
+            // the other worker drops the session and serves the next root
+            const again = root("--root", "-m", DEMO, "-p", "def f(x):", "-n", "4", "--temp", "0", "--workers", ws[0]!.addr);
+            expect(again.code).toBe(0);
+          }
+        } finally {
+          for (const w of ws) w.proc.kill("SIGKILL");
+        }
+      }, 30_000);
+    }
   }
+
+  test("workers that cannot link to each other (one asks for a secret the other lacks): the root says why and goes through itself", async () => {
+    const model = join(MODELS, "odd-q4_0.gguf");
+    const ws = [await worker(model, "--secret", "s3cret"), await worker(model)];
+    try {
+      const args = ["--root", "-m", model, "-p", "hello", "-n", "12", "--temp", "0"];
+      const one = root(...args);
+      const r = root(...args, "--secret", "s3cret", "--workers", ws.map((w) => w.addr).join(","));
+      expect(r.code).toBe(0);
+      expect(r.err).toContain("the workers cannot all reach each other");
+      expect(r.err).toContain("requires a cluster secret and this worker has none");
+      expect(r.err).not.toContain("linked to each other");
+      expect(r.out).toBe(one.out);
+    } finally {
+      stop(ws);
+    }
+  }, 30_000);
 });
 
 test("--verify full compares the whole file's MD5 with every worker", async () => {

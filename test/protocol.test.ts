@@ -22,6 +22,7 @@ import {
   MAGIC,
   MAX_ERROR_MESSAGE_BYTES,
   type Message,
+  MeshMode,
   MessageType,
   NO_LAYER,
   type OffsetEntry,
@@ -133,11 +134,11 @@ interface Golden {
 const GOLDEN: Golden[] = [
   {
     name: "Hello",
-    msg: { type: MessageType.Hello, version: 3, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.Hello, version: 4, capabilities: 7, name: "w1", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 1 },
     bytes: `
-      44 4c 4c 4d  03 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
-      03 00                                   # version 3
+      44 4c 4c 4d  04 00  01 00  00 00  00 00  01 00 00 00  2e 00 00 00  ff ff ff ff   # header, length 46
+      04 00                                   # version 4
       07 00 00 00                             # capabilities q8_0 | f16 | f32
       02 00 00 00  77 31                      # name "w1"
       06 00 00 00  6d 2e 67 67 75 66          # path "m.gguf"
@@ -146,11 +147,11 @@ const GOLDEN: Golden[] = [
   },
   {
     name: "HelloAck",
-    msg: { type: MessageType.HelloAck, version: 3, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 4, capabilities: 5, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  03 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      03 00  05 00 00 00                      # version 3, capabilities q8_0 | f32
+      44 4c 4c 4d  04 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      04 00  05 00 00 00                      # version 4, capabilities q8_0 | f32
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
@@ -168,7 +169,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  03 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
+      44 4c 4c 4d  04 00  03 00  00 00  00 00  03 00 00 00  2c 00 00 00  ff ff ff ff   # length 44
       a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af   # nonce
       02 00 00 00                                       # 2 ranges
       00 00 00 00 01 00 00 00  00 10 00 00              # offset 2^32, length 4096
@@ -179,7 +180,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.ChallengeResponse, digest: hex("ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00") },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  03 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
+      44 4c 4c 4d  04 00  04 00  00 00  00 00  03 00 00 00  10 00 00 00  ff ff ff ff
       ff ee dd cc bb aa 99 88 77 66 55 44 33 22 11 00`,
   },
   {
@@ -194,7 +195,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  03 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
+      44 4c 4c 4d  04 00  05 00  00 00  00 00  04 00 00 00  28 00 00 00  ff ff ff ff   # length 40
       02 00 00 00  02 00 00 00  03 00 00 00             # layers [2, 3]
       02 00 00 00                                       # 2 offset entries
       05 00 00 00  00 10 00 00 00 00 00 00              # tensor 5 at 0x1000
@@ -205,7 +206,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.PlanAck, layers: [2, 3] },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  03 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
+      44 4c 4c 4d  04 00  06 00  00 00  00 00  04 00 00 00  0c 00 00 00  ff ff ff ff
       02 00 00 00  02 00 00 00  03 00 00 00`,
   },
   {
@@ -213,7 +214,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Partial, tensor: { shape: [1, 2], type: GGMLType.F32, data: hex("00 00 80 3f  00 00 00 c0") } },
     head: { seq: 5, layer: 2 },
     bytes: `
-      44 4c 4c 4d  03 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
+      44 4c 4c 4d  04 00  07 00  00 00  00 00  05 00 00 00  15 00 00 00  02 00 00 00   # length 21, layer 2
       02  01 00 00 00  02 00 00 00  00 00 00 00         # 2 dims: 1 x 2, F32
       00 00 80 3f  00 00 00 c0                          # 1.0, -2.0`,
   },
@@ -222,7 +223,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Result, tensor: { shape: [2], type: GGMLType.F16, data: hex("00 3c  00 c0") } },
     head: { seq: 5, layer: 3, flags: FLAG_LAST_OF_STEP },
     bytes: `
-      44 4c 4c 4d  03 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
+      44 4c 4c 4d  04 00  08 00  01 00  00 00  05 00 00 00  0d 00 00 00  03 00 00 00   # flags 1, length 13, layer 3
       01  02 00 00 00  01 00 00 00                      # 1 dim: 2, F16
       00 3c  00 c0                                      # 1.0, -2.0`,
   },
@@ -231,7 +232,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Logits, tensor: { shape: [3], type: GGMLType.F32, data: hex("00 00 00 00  00 00 00 3f  00 00 80 bf") } },
     head: { seq: 6 },
     bytes: `
-      44 4c 4c 4d  03 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
+      44 4c 4c 4d  04 00  09 00  00 00  00 00  06 00 00 00  15 00 00 00  ff ff ff ff   # length 21
       01  03 00 00 00  00 00 00 00
       00 00 00 00  00 00 00 3f  00 00 80 bf             # 0, 0.5, -1`,
   },
@@ -246,7 +247,7 @@ const GOLDEN: Golden[] = [
     },
     head: { seq: 7 },
     bytes: `
-      44 4c 4c 4d  03 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
+      44 4c 4c 4d  04 00  0a 00  00 00  00 00  07 00 00 00  1c 00 00 00  ff ff ff ff   # length 28
       02 00 00 00
       28 00 00 00  00 2f 68 59 00 00 00 00
       00 00 01 00  05 00 00 00 01 00 00 00`,
@@ -256,17 +257,17 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Error, code: ErrorCode.ModelMismatch, message: "bad md5" },
     head: { seq: 8 },
     bytes: `
-      44 4c 4c 4d  03 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
+      44 4c 4c 4d  04 00  0b 00  00 00  00 00  08 00 00 00  0f 00 00 00  ff ff ff ff   # length 15
       03 00 00 00                                       # code 3
       07 00 00 00  62 61 64 20 6d 64 35                 # "bad md5"`,
   },
   {
     name: "HelloAck (a worker that computes its share of the logits)",
-    msg: { type: MessageType.HelloAck, version: 3, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
+    msg: { type: MessageType.HelloAck, version: 4, capabilities: 0x17, name: "r", model: { path: "m.gguf", size: 0x1_2345_6789, sampleMd5: MD5 } },
     head: { seq: 2 },
     bytes: `
-      44 4c 4c 4d  03 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
-      03 00  17 00 00 00                      # version 3, capabilities q8_0 | f16 | f32 | logits (bit 4)
+      44 4c 4c 4d  04 00  02 00  00 00  00 00  02 00 00 00  2d 00 00 00  ff ff ff ff   # length 45
+      04 00  17 00 00 00                      # version 4, capabilities q8_0 | f16 | f32 | logits (bit 4)
       01 00 00 00  72                         # name "r"
       06 00 00 00  6d 2e 67 67 75 66
       89 67 45 23 01 00 00 00
@@ -277,7 +278,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Session, node: 1, nodes: 2, wire: GGMLType.Q8_0, nCtx: 2048, kvType: GGMLType.F16, flags: 7, weights: [3, 1000] },
     head: { seq: 3 },
     bytes: `
-      44 4c 4c 4d  03 00  10 00  00 00  00 00  03 00 00 00  20 00 00 00  ff ff ff ff   # type 16, length 32
+      44 4c 4c 4d  04 00  10 00  00 00  00 00  03 00 00 00  20 00 00 00  ff ff ff ff   # type 16, length 32
       01 00 00 00  02 00 00 00                # node 1 of 2
       08 00 00 00                             # wire Q8_0
       00 08 00 00                             # n_ctx 2048
@@ -290,7 +291,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Speed, weightType: GGMLType.Q4_0, mbPerSecond: 12345 },
     head: { seq: 4 },
     bytes: `
-      44 4c 4c 4d  03 00  11 00  00 00  00 00  04 00 00 00  08 00 00 00  ff ff ff ff   # type 17, length 8
+      44 4c 4c 4d  04 00  11 00  00 00  00 00  04 00 00 00  08 00 00 00  ff ff ff ff   # type 17, length 8
       02 00 00 00                             # weight type Q4_0
       39 30 00 00                             # 12345 MB/s`,
   },
@@ -299,24 +300,53 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Step, pos: 7, logits: 1, tokens: Uint32Array.of(1, 0x1234, 31999) },
     head: { seq: 10 },
     bytes: `
-      44 4c 4c 4d  03 00  0f 00  00 00  00 00  0a 00 00 00  18 00 00 00  ff ff ff ff   # type 15, length 24
+      44 4c 4c 4d  04 00  0f 00  00 00  00 00  0a 00 00 00  18 00 00 00  ff ff ff ff   # type 15, length 24
       07 00 00 00                             # first position 7
       01 00 00 00                             # logits of the last token
       03 00 00 00                             # 3 tokens:
       01 00 00 00  34 12 00 00  ff 7c 00 00    # 1, 0x1234, 31999`,
   },
   {
+    name: "Mesh (connect: the workers' addresses)",
+    msg: { type: MessageType.Mesh, mode: MeshMode.Connect, token: hex("a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af"), addrs: ["h1:9998", "10.0.0.2:1"] },
+    head: { seq: 5 },
+    bytes: `
+      44 4c 4c 4d  04 00  12 00  00 00  00 00  05 00 00 00  31 00 00 00  ff ff ff ff   # type 18, length 49
+      00 00 00 00                                       # mode 0: connect
+      a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af   # session token
+      02 00 00 00                                       # 2 addresses:
+      07 00 00 00  68 31 3a 39 39 39 38                 # "h1:9998" (node 1)
+      0a 00 00 00  31 30 2e 30 2e 30 2e 32 3a 31        # "10.0.0.2:1" (node 2)`,
+  },
+  {
+    name: "PeerHello",
+    msg: { type: MessageType.PeerHello, version: 4, node: 2, token: hex("a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af") },
+    head: { seq: 0 },
+    bytes: `
+      44 4c 4c 4d  04 00  13 00  00 00  00 00  00 00 00 00  16 00 00 00  ff ff ff ff   # type 19, length 22
+      04 00  02 00 00 00                                # version 4, from node 2
+      a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af   # session token`,
+  },
+  {
+    name: "MeshAck",
+    msg: { type: MessageType.MeshAck, problem: "no" },
+    head: { seq: 1 },
+    bytes: `
+      44 4c 4c 4d  04 00  14 00  00 00  00 00  01 00 00 00  06 00 00 00  ff ff ff ff   # type 20, length 6
+      02 00 00 00  6e 6f                                # problem "no" (empty: every link up)`,
+  },
+  {
     name: "Bye",
     msg: { type: MessageType.Bye },
     head: { seq: 9 },
-    bytes: `44 4c 4c 4d  03 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
+    bytes: `44 4c 4c 4d  04 00  0c 00  00 00  00 00  09 00 00 00  00 00 00 00  ff ff ff ff`,
   },
   {
     name: "Ping",
     msg: { type: MessageType.Ping, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  03 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  04 00  0d 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
   {
@@ -324,7 +354,7 @@ const GOLDEN: Golden[] = [
     msg: { type: MessageType.Pong, time: 0x0001_0203_0405_0607 },
     head: { seq: 0xdeadbeef },
     bytes: `
-      44 4c 4c 4d  03 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
+      44 4c 4c 4d  04 00  0e 00  00 00  00 00  ef be ad de  08 00 00 00  ff ff ff ff
       07 06 05 04 03 02 01 00`,
   },
 ];
@@ -333,7 +363,7 @@ describe("golden bytes", () => {
   test("header constants", () => {
     expect(HEADER_SIZE).toBe(4 + 2 + 2 + 2 + 2 + 4 + 4 + 4);
     expect(Array.from(new Uint8Array(Uint32Array.of(MAGIC).buffer))).toEqual([..."DLLM"].map((c) => c.charCodeAt(0)));
-    expect(PROTOCOL_VERSION).toBe(3);
+    expect(PROTOCOL_VERSION).toBe(4);
     expect(NO_LAYER).toBe(0xffffffff);
     expect(DEFAULT_MAX_PAYLOAD).toBe(64 * 1024 * 1024);
   });
@@ -346,7 +376,7 @@ describe("golden bytes", () => {
 
   test("every message type has a golden vector", () => {
     const types = new Set(GOLDEN.map((g) => g.msg.type));
-    for (let t = MessageType.Hello; t <= MessageType.Speed; t++) expect(types.has(t)).toBe(true);
+    for (let t = MessageType.Hello; t <= MessageType.MeshAck; t++) expect(types.has(t)).toBe(true);
   });
 
   const w = new Writer({ initialSize: 16 }); // one writer for all, growing from 16 bytes
@@ -369,7 +399,7 @@ describe("golden bytes", () => {
     const x = new Float32Array(32);
     x.set([127, -127, 0.5, 1.5, -2.5, 3]);
     const want = hex(`
-      44 4c 4c 4d  03 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
+      44 4c 4c 4d  04 00  07 00  00 00  00 00  0a 00 00 00  2f 00 00 00  04 00 00 00   # length 47, layer 4
       02  01 00 00 00  20 00 00 00  08 00 00 00         # 1 x 32, Q8_0
       00 3c                                             # d = 1.0
       7f 81 00 02 fe 03 00 00  00 00 00 00 00 00 00 00  # 127 -127 0 2 -2 3 0...
@@ -381,7 +411,7 @@ describe("golden bytes", () => {
 
   test("Q8_0 with cols not a multiple of 32 falls back to F16 and says so", () => {
     const want = hex(`
-      44 4c 4c 4d  03 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
+      44 4c 4c 4d  04 00  07 00  00 00  00 00  0b 00 00 00  13 00 00 00  00 00 00 00   # length 19, layer 0
       02  01 00 00 00  03 00 00 00  01 00 00 00         # 1 x 3, F16
       00 3c  00 c0  00 38                               # 1, -2, 0.5`);
     const info = writeActivationFrame(w, kernels, MessageType.Partial, { seq: 11, layer: 0 }, Float32Array.of(1, -2, 0.5), [1, 3], GGMLType.Q8_0);
@@ -424,12 +454,12 @@ describe("round trips", () => {
     const w = new Writer();
     const sent: Message[] = [];
     for (let i = 0; i < 300; i++) {
-      const pick = int(6);
+      const pick = int(7);
       let m: Message;
       if (pick === 0) {
         m = {
           type: MessageType.Hello,
-          version: 3,
+          version: 4,
           capabilities: int(8),
           name: `wörker-${int(1000)}-☃`,
           model: { path: "/models/" + "x".repeat(int(200)) + ".gguf", size: u64(), sampleMd5: Uint8Array.from({ length: 16 }, () => int(256)) },
@@ -442,6 +472,8 @@ describe("round trips", () => {
         m = { type: MessageType.Error, code: int(8), message: "é".repeat(int(100)) };
       } else if (pick === 4) {
         m = { type: MessageType.Challenge, nonce: Uint8Array.from({ length: 16 }, () => int(256)), ranges: Array.from({ length: int(5) }, () => ({ offset: u64(), length: int(2 ** 32) })) };
+      } else if (pick === 5) {
+        m = { type: MessageType.Mesh, mode: int(3) as MeshMode, token: Uint8Array.from({ length: 16 }, () => int(256)), addrs: Array.from({ length: int(5) }, () => `ñode-${int(1000)}:${int(65536)}`) };
       } else {
         m = { type: MessageType.Ping, time: u64() };
       }
@@ -607,23 +639,24 @@ describe("ProtocolError on bad frames", () => {
   });
 
   test("wrong version, refused by name as soon as the version bytes arrive", () => {
-    // versions 1 (before the residual stream lived on every node) and 2 (before weighted shares) are
-    // refused like any other
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 1 }).subarray(0, 6)), "version", "peer speaks protocol version 1, this node speaks 3");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 2 }).subarray(0, 6)), "version", "peer speaks protocol version 2, this node speaks 3");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 4 }).subarray(0, 6)), "version", "peer speaks protocol version 4, this node speaks 3");
-    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 3");
+    // versions 1 (before the residual stream lived on every node), 2 (before weighted shares) and 3
+    // (before links between workers) are refused like any other
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 1 }).subarray(0, 6)), "version", "peer speaks protocol version 1, this node speaks 4");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 2 }).subarray(0, 6)), "version", "peer speaks protocol version 2, this node speaks 4");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 3 }).subarray(0, 6)), "version", "peer speaks protocol version 3, this node speaks 4");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 5 }).subarray(0, 6)), "version", "peer speaks protocol version 5, this node speaks 4");
+    expectProtocolError(() => new Framer().push(rawHeader({ version: 0 })), "version", "peer speaks protocol version 0, this node speaks 4");
     // and in a Hello payload
     const hello = hex(GOLDEN[0]!.bytes).subarray(24).slice();
     hello[0] = 1;
-    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 1, this node speaks 3");
+    expectProtocolError(() => decodePayload(MessageType.Hello, hello), "Hello.version", "Hello: peer speaks protocol version 1, this node speaks 4");
   });
 
   test("nonzero reserved, reserved flag bits, unknown type", () => {
     expectProtocolError(() => new Framer().push(rawHeader({ reserved: 1 })), "reserved", "reserved is 0x0001, must be 0");
     expectProtocolError(() => new Framer().push(rawHeader({ flags: 0x8001 })), "flags", "flags 0x8001 has reserved bits set (only 0x7 are defined)");
-    expectProtocolError(() => new Framer().push(rawHeader({ type: 0 })), "type", "type 0 is not a message type (1..17)");
-    expectProtocolError(() => new Framer().push(rawHeader({ type: 18 })), "type", "type 18 is not a message type (1..17)");
+    expectProtocolError(() => new Framer().push(rawHeader({ type: 0 })), "type", "type 0 is not a message type (1..20)");
+    expectProtocolError(() => new Framer().push(rawHeader({ type: 21 })), "type", "type 21 is not a message type (1..20)");
   });
 
   test("oversized payload refused from the header alone, before buffering", () => {
@@ -727,6 +760,23 @@ describe("bounds checks against lying counts", () => {
     expectProtocolError(() => decodePayload(Se, hex(`${head(0, 1)}  41 42 0f 00`)), "Session.weights", `Session: node 0's weight 1000001 is not in 1..${MAX_SPLIT_WEIGHT}`);
     expect(() => writeMessage(new Writer(), { type: Se, node: 0, nodes: 2, wire: GGMLType.F32, nCtx: 8, kvType: 0, flags: 0, weights: [1] }, { seq: 1 })).toThrow("Session: 1 weights for 2 nodes");
     expectProtocolError(() => decodePayload(MessageType.Speed, hex("02 00 00 00  10 00")), "Speed.mb_per_second", /truncated payload/);
+  });
+
+  test("Mesh, PeerHello and MeshAck: mode, address count and lengths, token, version", () => {
+    const M = MessageType.Mesh, token = "a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 aa ab ac ad ae af";
+    expect(decodePayload(M, hex(`01 00 00 00  ${token}  00 00 00 00`))).toMatchObject({ mode: MeshMode.Use, addrs: [] });
+    expectProtocolError(() => decodePayload(M, hex(`03 00 00 00  ${token}  00 00 00 00`)), "Mesh.mode", "Mesh: mesh mode 3 is not 0 (connect), 1 (use) or 2 (drop)");
+    expectProtocolError(() => decodePayload(M, hex(`00 00 00 00  a0 a1 a2`)), "Mesh.token", /truncated payload/);
+    // an address count far beyond the payload is refused before anything is allocated
+    expectProtocolError(() => decodePayload(M, hex(`00 00 00 00  ${token}  ff ff ff ff  01 00 00 00  61`)), "Mesh.addrs.count", "Mesh: addrs count 4294967295 needs 17179869180 bytes, only 5 remain");
+    expectProtocolError(() => decodePayload(M, hex(`00 00 00 00  ${token}  01 00 00 00  01 01 00 00`)), "Mesh.addrs[0].length", "Mesh: addrs[0] length 257 is above the maximum of 256 bytes");
+    expectProtocolError(() => decodePayload(M, hex(`00 00 00 00  ${token}  01 00 00 00  05 00 00 00  61 62`)), "Mesh.addrs[0]", /truncated payload/);
+    expectProtocolError(() => decodePayload(M, hex(`00 00 00 00  ${token}  00 00 00 00  00`)), "Mesh.length", /1 trailing bytes/);
+    expect(() => writeMessage(new Writer(), { type: M, mode: MeshMode.Connect, token: new Uint8Array(15), addrs: [] }, { seq: 1 })).toThrow("mesh token is 15 bytes, expected 16");
+    expect(() => writeMessage(new Writer(), { type: M, mode: MeshMode.Connect, token: new Uint8Array(16), addrs: ["x".repeat(257)] }, { seq: 1 })).toThrow(/worker address/);
+    expectProtocolError(() => decodePayload(MessageType.PeerHello, hex(`03 00  01 00 00 00  ${token}`)), "PeerHello.version", "PeerHello: peer speaks protocol version 3, this node speaks 4");
+    expectProtocolError(() => decodePayload(MessageType.PeerHello, hex(`04 00  01 00 00 00  a0`)), "PeerHello.token", /truncated payload/);
+    expectProtocolError(() => decodePayload(MessageType.MeshAck, hex(`01 10 00 00`)), "MeshAck.problem.length", "MeshAck: problem length 4097 is above the maximum of 4096 bytes");
   });
 
   test("tensor metadata", () => {

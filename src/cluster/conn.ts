@@ -15,6 +15,9 @@ export interface Received {
 
 export class ConnectionClosed extends Error {}
 
+/** Nothing came within the deadline of `next()`. */
+export class Silent extends Error {}
+
 export class Conn {
   readonly writer = new Writer();
   private readonly framer = new Framer();
@@ -26,8 +29,9 @@ export class Conn {
 
   constructor(
     readonly socket: Socket<unknown>,
-    /** who is at the other end, for messages ("worker 127.0.0.1:9998") */
-    readonly peer: string,
+    /** who is at the other end, for messages ("worker 127.0.0.1:9998"); a worker renames a link from
+     *  another worker once that one has said who it is */
+    public peer: string,
   ) {}
 
   /** Feed bytes from the socket's data handler. A protocol violation closes the connection. */
@@ -131,7 +135,7 @@ export class Conn {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = null;
-        reject(new Error(`${this.peer} did not answer ${what} within ${(timeoutMs / 1000).toFixed(1)} s`));
+        reject(new Silent(`${this.peer} did not answer ${what} within ${(timeoutMs / 1000).toFixed(1)} s`));
       }, timeoutMs);
       const waiter = {
         resolve: (x: Received) => {
@@ -155,4 +159,66 @@ export class Conn {
     if (r.message.type !== type) throw new Error(`${this.peer}: expected ${messageTypeName(type)} (${what}), got ${messageTypeName(r.message.type)}`);
     return r as Received & { message: Extract<Message, { type: T }> };
   }
+}
+
+export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
+  return list.split(",").map((s) => s.trim()).filter(Boolean).map((addr) => {
+    const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(addr);
+    const port = m?.[2] ? Number(m[2]) : 9998;
+    if (!m || !(port > 0 && port < 65536)) throw new Error(`--workers: "${addr}" is not host:port`);
+    return { host: m[1]!.replace(/^\[|\]$/g, ""), port, addr: `${m[1]}:${port}` };
+  });
+}
+
+/** Opens a connection to `host:port`; `label` names the peer in errors and in Conn.peer ("worker pi1:9998"). */
+export function connect(host: string, port: number, label: string, timeoutMs: number): Promise<Conn> {
+  return new Promise((resolve, reject) => {
+    let done = false;
+    const timer = setTimeout(() => {
+      if (!done) {
+        done = true;
+        reject(new Error(`${label}: no connection within ${(timeoutMs / 1000).toFixed(1)} s (is it running and reachable?)`));
+      }
+    }, timeoutMs);
+    Bun.connect<{ conn: Conn }>({
+      hostname: host,
+      port,
+      socket: {
+        open(socket) {
+          const conn = new Conn(socket, label);
+          socket.data = { conn };
+          if (done) {
+            socket.end();
+            return;
+          }
+          done = true;
+          clearTimeout(timer);
+          resolve(conn);
+        },
+        data(socket, chunk) {
+          socket.data.conn.onData(chunk);
+        },
+        drain(socket) {
+          socket.data.conn.onDrain();
+        },
+        close(socket) {
+          socket.data?.conn.onClose();
+        },
+        error(socket, err) {
+          socket.data?.conn.onClose(err);
+        },
+        connectError(_socket, err) {
+          if (done) return;
+          done = true;
+          clearTimeout(timer);
+          reject(new Error(`${label}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
+        },
+      },
+    }).catch((err: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      reject(new Error(`${label}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
+    });
+  });
 }

@@ -385,7 +385,7 @@ export class Framer {
   private checkHeader(): number {
     const v = this.headerView;
     const type = v.getUint16(HeaderOffset.Type, true);
-    if (!isMessageType(type)) throw new ProtocolError("type", `type ${type} is not a message type (1..${MessageType.Speed})`);
+    if (!isMessageType(type)) throw new ProtocolError("type", `type ${type} is not a message type (1..${MessageType.MeshAck})`);
     const flags = v.getUint16(HeaderOffset.Flags, true);
     if ((flags & ~FLAGS_KNOWN) !== 0) {
       throw new ProtocolError("flags", `flags 0x${flags.toString(16).padStart(4, "0")} has reserved bits set (only 0x${FLAGS_KNOWN.toString(16)} are defined)`);

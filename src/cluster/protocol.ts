@@ -31,6 +31,14 @@
 //   Speed                u32 weight type (GGML id), u32 MB/s: root to worker with 0 MB/s, a request
 //                        to time its matrix x vector kernel on that type (--split auto); the worker
 //                        answers with what it measured                   = 8
+//   Mesh                 u32 MeshMode, 16 session token, u32 n, n x str worker address (<= 256,
+//                        "host:port" as the root reached node i + 1; only with MeshMode.Connect)
+//                                                                         = 24 + 4n + address bytes
+//   PeerHello            u16 version, u32 node index of the sender, 16 session token: a worker
+//                        opening its link to a worker of a lower index   = 22
+//   MeshAck              str problem (<= 4096; empty: done): worker to root when its links are
+//                        up (or not), worker to worker when it accepted a link
+//                                                                         = 4 + problem bytes
 //
 //   layer list           u32 n, n x u32 layer index                       = 4 + 4n
 //   offset index         u32 n, n x (u32 tensor id, u64 byte offset)      = 4 + 12n
@@ -49,7 +57,7 @@ import { MAX_SPLIT_WEIGHT } from "./partition";
 
 /** "DLLM" read as a little-endian u32 (bytes 44 4c 4c 4d). */
 export const MAGIC = 0x4d4c4c44;
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const HEADER_SIZE = 24;
 /** The header's layer field when the message is not about a layer. */
 export const NO_LAYER = 0xffffffff;
@@ -71,7 +79,8 @@ export const SESSION_PROFILE = 0x0001;
  *  and sends them in a Logits message (tensor [logits, rows], F32). */
 export const SESSION_LOGITS = 0x0002;
 /** Session flag bit 2: the reductions are exchanges (two nodes): the root's Partial is its own partial
- *  output, and each node adds the two. Without it the root sums the workers' Results and its own and
+ *  output, and each node adds the two. (Three nodes or more exchange too once a Mesh of links between
+ *  the workers is in use: every node sends its partial to every other and adds all in node order.) Without it the root sums the workers' Results and its own and
  *  sends the sum back as the Partial. Either way every node adds the same values in the same order,
  *  so the residual stream is the same to the bit on every node (partition.ts exchangesPartials). */
 export const SESSION_EXCHANGE = 0x0004;
@@ -122,15 +131,33 @@ export const enum MessageType {
   Session = 16,
   /** a worker's measured matrix x vector speed (--split auto) */
   Speed = 17,
+  /** root to worker: open the links to the other workers (three nodes or more), then use or drop them */
+  Mesh = 18,
+  /** worker to worker: the first message of a link between two workers of one session */
+  PeerHello = 19,
+  /** the links are up (or why not) */
+  MeshAck = 20,
 }
+
+/** What a Mesh message asks. */
+export const enum MeshMode {
+  /** open links to the workers of lower index, accept them from higher ones, answer MeshAck */
+  Connect = 0,
+  /** every worker's links are up: reductions are exchanges over them from the next step on */
+  Use = 1,
+  /** some link failed: close the links; reductions go through the root */
+  Drop = 2,
+}
+export const MAX_ADDRESS_BYTES = 256;
 
 const MESSAGE_TYPE_NAMES = [
   "?", "Hello", "HelloAck", "Challenge", "ChallengeResponse", "Plan", "PlanAck",
   "Partial", "Result", "Logits", "Stats", "Error", "Bye", "Ping", "Pong", "Step", "Session", "Speed",
+  "Mesh", "PeerHello", "MeshAck",
 ];
 
 export function isMessageType(t: number): t is MessageType {
-  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.Speed;
+  return Number.isInteger(t) && t >= MessageType.Hello && t <= MessageType.MeshAck;
 }
 
 export function messageTypeName(t: number): string {
@@ -252,7 +279,10 @@ export type Message =
   | { type: MessageType.Pong; time: number }
   | { type: MessageType.Step; pos: number; logits: number; tokens: Uint32Array }
   | { type: MessageType.Session; node: number; nodes: number; wire: WireType; nCtx: number; kvType: number; flags: number; weights: number[] }
-  | { type: MessageType.Speed; weightType: number; mbPerSecond: number };
+  | { type: MessageType.Speed; weightType: number; mbPerSecond: number }
+  | { type: MessageType.Mesh; mode: MeshMode; token: Uint8Array; addrs: string[] }
+  | { type: MessageType.PeerHello; version: number; node: number; token: Uint8Array }
+  | { type: MessageType.MeshAck; problem: string };
 
 // ---- Reader -------------------------------------------------------------------------------------
 
@@ -707,6 +737,19 @@ function writePayload(w: Writer, m: Message): void {
     case MessageType.Speed:
       w.u32(m.weightType).u32(m.mbPerSecond);
       break;
+    case MessageType.Mesh:
+      w.u32(m.mode);
+      w.bytes(fixedBytes("mesh token", m.token, NONCE_BYTES));
+      w.u32(m.addrs.length);
+      for (const a of m.addrs) w.string(a, MAX_ADDRESS_BYTES, "worker address");
+      break;
+    case MessageType.PeerHello:
+      w.u16(m.version).u32(m.node);
+      w.bytes(fixedBytes("mesh token", m.token, NONCE_BYTES));
+      break;
+    case MessageType.MeshAck:
+      w.string(truncateUtf8(m.problem, MAX_ERROR_MESSAGE_BYTES), MAX_ERROR_MESSAGE_BYTES, "mesh problem");
+      break;
   }
 }
 
@@ -816,8 +859,27 @@ export function decodeMessage(frame: { type: MessageType; payload: Uint8Array })
     case MessageType.Speed:
       m = { type, weightType: r.u32("weight_type"), mbPerSecond: r.u32("mb_per_second") };
       break;
+    case MessageType.Mesh: {
+      const mode = r.u32("mode");
+      if (mode > MeshMode.Drop) r.fail("mode", `mesh mode ${mode} is not 0 (connect), 1 (use) or 2 (drop)`);
+      const token = r.bytesView(NONCE_BYTES, "token").slice();
+      const n = r.count("addrs", 4);
+      const addrs: string[] = new Array(n);
+      for (let i = 0; i < n; i++) addrs[i] = r.string(`addrs[${i}]`, MAX_ADDRESS_BYTES);
+      m = { type, mode: mode as MeshMode, token, addrs };
+      break;
+    }
+    case MessageType.PeerHello: {
+      const version = r.u16("version");
+      if (version !== PROTOCOL_VERSION) r.fail("version", `peer speaks protocol version ${version}, this node speaks ${PROTOCOL_VERSION}`);
+      m = { type, version, node: r.u32("node"), token: r.bytesView(NONCE_BYTES, "token").slice() };
+      break;
+    }
+    case MessageType.MeshAck:
+      m = { type, problem: r.string("problem", MAX_ERROR_MESSAGE_BYTES) };
+      break;
     default:
-      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.Speed})`);
+      throw new ProtocolError("type", `type ${type as number} is not a message type (1..${MessageType.MeshAck})`);
   }
   r.done();
   return m;

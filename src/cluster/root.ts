@@ -6,7 +6,8 @@ import type { ModelConfig } from "../model/config";
 import type { GGUFFile } from "../model/gguf";
 import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
-import { Conn } from "./conn";
+import { Conn, connect, parseWorkerList, type Received, Silent } from "./conn";
+export { parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
 import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
@@ -15,6 +16,7 @@ import { ggmlTypeName } from "../model/gguf";
 import { type FileIdentity } from "./storage";
 import { type Counters, countersFromStats, Op, type Profiler } from "../profile/profiler";
 import { hmac, md5FromHex } from "./worker";
+import { randomBytes } from "node:crypto";
 import {
   ALL_CAPABILITIES,
   blockFrameProblem,
@@ -24,7 +26,9 @@ import {
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
   HEADER_SIZE,
+  MeshMode,
   MessageType,
+  NONCE_BYTES,
   tensorMetaBytes,
   PROTOCOL_VERSION,
   roundTripActivation,
@@ -58,67 +62,9 @@ export interface ClusterOptions {
   split?: number[] | "auto";
   /** progress and the chosen split */
   log?: (line: string) => void;
-}
-
-export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
-  return list.split(",").map((s) => s.trim()).filter(Boolean).map((addr) => {
-    const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(addr);
-    const port = m?.[2] ? Number(m[2]) : 9998;
-    if (!m || !(port > 0 && port < 65536)) throw new Error(`--workers: "${addr}" is not host:port`);
-    return { host: m[1]!.replace(/^\[|\]$/g, ""), port, addr: `${m[1]}:${port}` };
-  });
-}
-
-function connect(host: string, port: number, addr: string, timeoutMs: number): Promise<Conn> {
-  return new Promise((resolve, reject) => {
-    let done = false;
-    const timer = setTimeout(() => {
-      if (!done) {
-        done = true;
-        reject(new Error(`worker ${addr}: no connection within ${(timeoutMs / 1000).toFixed(1)} s (is it running and reachable?)`));
-      }
-    }, timeoutMs);
-    Bun.connect<{ conn: Conn }>({
-      hostname: host,
-      port,
-      socket: {
-        open(socket) {
-          const conn = new Conn(socket, `worker ${addr}`);
-          socket.data = { conn };
-          if (done) {
-            socket.end();
-            return;
-          }
-          done = true;
-          clearTimeout(timer);
-          resolve(conn);
-        },
-        data(socket, chunk) {
-          socket.data.conn.onData(chunk);
-        },
-        drain(socket) {
-          socket.data.conn.onDrain();
-        },
-        close(socket) {
-          socket.data?.conn.onClose();
-        },
-        error(socket, err) {
-          socket.data?.conn.onClose(err);
-        },
-        connectError(_socket, err) {
-          if (done) return;
-          done = true;
-          clearTimeout(timer);
-          reject(new Error(`worker ${addr}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
-        },
-      },
-    }).catch((err: Error) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      reject(new Error(`worker ${addr}: cannot connect (${(err as NodeJS.ErrnoException).code ?? err.message})`));
-    });
-  });
+  /** three nodes or more: links between the workers, so that a reduction crosses the network once
+   *  (default true; false, or links that cannot be opened: every reduction goes through the root) */
+  mesh?: boolean;
 }
 
 export class ClusterPeers implements Peers {
@@ -127,12 +73,16 @@ export class ClusterPeers implements Peers {
   private readonly workerRows: (Range | null)[];
   /** the rows of the logits the root computes: its own and those of workers that do not */
   private readonly localLogitRows: Range[];
-  /** two nodes: the root sends its own partial output and adds the worker's (else it sends the sum) */
-  private readonly exchange: boolean;
+  /** two nodes, or a mesh: the root sends its own partial output and adds the workers' (else it sends
+   *  the sum) */
+  private exchange: boolean;
+  /** the workers exchange partials over links of their own (three nodes or more) */
+  meshed = false;
   /** this step: the workers compute their rows of the logits */
   private splitLogits = false;
-  /** bytes sent and received, frames, for the figures */
-  readonly stats = { bytesOut: 0, bytesIn: 0, syncs: 0 };
+  /** bytes the root sent and received, bytes the workers sent each other (a mesh: each sends every
+   *  other worker what it sends the root), reductions; for the figures */
+  readonly stats = { bytesOut: 0, bytesIn: 0, bytesBetweenWorkers: 0, syncs: 0 };
   /** every node's slice, the root's first */
   slices: Slice[] = [];
   /** the relative weights the shares were cut by (--split), the root first */
@@ -156,7 +106,7 @@ export class ClusterPeers implements Peers {
     const addrs = parseWorkerList(o.workers.join(","));
     const nodes = addrs.length + 1;
     if (Array.isArray(o.split)) checkWeights(o.split, nodes);
-    const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, a.addr, o.connectTimeoutMs ?? 5000)));
+    const conns = await Promise.all(addrs.map((a) => connect(a.host, a.port, `worker ${a.addr}`, o.connectTimeoutMs ?? 5000)));
     const peers = new ClusterPeers(conns, k, c, o.wire, o.stallTimeoutMs ?? 5000, o.profiler ?? null, o.spinner === undefined ? spinner : o.spinner);
     try {
       const logits = await Promise.all(conns.map((conn) => peers.hello(conn, identity, o)));
@@ -170,6 +120,7 @@ export class ClusterPeers implements Peers {
         o.log?.(`shares by weight ${weights.join(":")}: ${slices.map((x, i) => `${who(i)} KV heads ${x.kvHeads.start}..${x.kvHeads.end - 1}, feed-forward ${x.ffn.start}..${x.ffn.end - 1}`).join("; ")}`);
       }
       await Promise.all(conns.map((conn, i) => peers.plan(conn, g, c, slices[i + 1]!, weights, o, i, logits[i]! ? vocab[i + 1]! : null)));
+      if (nodes > 2 && o.mesh !== false) await peers.formMesh(addrs.map((a) => a.addr), o);
       // the rows the root computes itself, merged where they touch
       for (const r of [vocab[0]!, ...vocab.slice(1).filter((_, i) => !peers.workerRows[i])]) {
         const last = peers.localLogitRows[peers.localLogitRows.length - 1];
@@ -200,6 +151,25 @@ export class ClusterPeers implements Peers {
     if (r.message.type !== MessageType.HelloAck) throw new Error(`${conn.peer}: expected HelloAck, got message type ${r.message.type}`);
     // a worker that can computes its share of the logits (one more round trip per step, half the rows)
     return (r.message.capabilities & Capability.Logits) !== 0;
+  }
+
+  /**
+   * Three nodes or more: asks the workers to open links to each other (each to those of lower index),
+   * then to use them, or, when any link failed, to drop them (the reductions then go through the root,
+   * two crossings of the network instead of one, and the root says why).
+   */
+  private async formMesh(addrs: string[], o: ClusterOptions): Promise<void> {
+    const token = new Uint8Array(randomBytes(NONCE_BYTES));
+    for (const conn of this.conns) conn.send({ type: MessageType.Mesh, mode: MeshMode.Connect, token, addrs });
+    const acks = await Promise.all(this.conns.map((conn) => conn.expect(MessageType.MeshAck, 30_000, "the links to the other workers")));
+    const problems = acks.map((a) => a.message.problem).filter(Boolean);
+    for (const conn of this.conns) conn.send({ type: MessageType.Mesh, mode: problems.length ? MeshMode.Drop : MeshMode.Use, token, addrs: [] });
+    if (problems.length) {
+      o.log?.(`the workers cannot all reach each other (${problems.join("; ")}): every reduction goes through the root (two crossings of the network instead of one)`);
+      return;
+    }
+    this.exchange = true;
+    this.meshed = true;
   }
 
   /** --split auto: every node times its matrix x vector kernel at once; the weights are the speeds. */
@@ -245,7 +215,7 @@ export class ClusterPeers implements Peers {
     if (this.tmp.length < size) this.tmp = new Float32Array(size);
     const own = part.subarray(0, size);
     if (this.exchange) {
-      this.sendPartial(this.conns[0]!, layer, phase, own, shape);
+      for (const conn of this.conns) this.sendPartial(conn, layer, phase, own, shape);
       roundTripActivation(this.k, own, shape, this.wire);
     }
     const what = `layer ${layer} (${phase === Phase.FeedForward ? "feed-forward" : "attention"})`;
@@ -253,7 +223,7 @@ export class ClusterPeers implements Peers {
     let t = p ? p.start() : 0;
     const conns = this.conns;
     // one worker (the common case): no Promise.all and no array of promises per reduction
-    const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await Promise.all(conns.map((conn) => conn.next(this.stallMs, what, this.spinner)));
+    const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await this.gather(what);
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0; i < results.length; i++) {
@@ -262,8 +232,11 @@ export class ClusterPeers implements Peers {
       if (m.type === MessageType.Error) throw new Error(`${conn.peer}: ${m.message}`);
       const problem = blockFrameProblem(r, MessageType.Result, layer, phase === Phase.FeedForward, n, this.c.dim);
       if (problem || m.type !== MessageType.Result) throw new Error(`${conn.peer} answered ${what} with ${problem}`);
-      this.stats.bytesIn += HEADER_SIZE + tensorMetaBytes(m.tensor.shape.length) + m.tensor.data.length;
+      const frame = HEADER_SIZE + tensorMetaBytes(m.tensor.shape.length) + m.tensor.data.length;
+      this.stats.bytesIn += frame;
+      if (this.meshed) this.stats.bytesBetweenWorkers += (conns.length - 1) * frame;
       if (p) t = p.start();
+      // in node order (the root's own first), as every node adds them
       decodeActivation(this.k, m.tensor, this.tmp);
       if (p) t = p.lap(Op.WireDecompress, t);
       this.k.add(own, own, this.tmp, size);
@@ -274,6 +247,21 @@ export class ClusterPeers implements Peers {
       for (const conn of conns) this.sendPartial(conn, layer, phase, own, shape);
       roundTripActivation(this.k, own, shape, this.wire);
     }
+  }
+
+  /**
+   * Every worker's next message. Waits for all of them: with a mesh a worker may wait for another one's
+   * partial, so a dead worker can make a live one answer with an Error and a stalled one can keep
+   * others silent. A closed connection is named first; else every worker that stayed silent.
+   */
+  private async gather(what: string): Promise<Received[]> {
+    const settled = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner).catch((e: Error) => e)));
+    const closed = settled.find((r) => r instanceof Error && !(r instanceof Silent));
+    if (closed) throw closed;
+    const silent = this.conns.filter((_, i) => settled[i] instanceof Silent);
+    if (silent.length === 1) throw settled[this.conns.indexOf(silent[0]!)] as Error;
+    if (silent.length) throw new Error(`${silent.map((c) => c.peer).join(" and ")} did not answer ${what} within ${(this.stallMs / 1000).toFixed(1)} s`);
+    return settled as Received[];
   }
 
   private sendPartial(conn: Conn, layer: number, phase: Phase, x: Float32Array, shape: number[]): void {

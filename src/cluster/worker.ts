@@ -2,14 +2,14 @@
 // maps its own copy of the file, and runs every forward step the root starts over its own copy of
 // the residual stream, computing its slice of every layer and completing each reduction with the
 // root (RootLink). It serves one root session after another; a bad frame closes that connection only.
-import { createHmac, randomBytes } from "node:crypto";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile, ggmlTypeName } from "../model/gguf";
 import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
-import { Conn } from "./conn";
+import { Conn, connect, parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
@@ -26,6 +26,7 @@ import {
   FLAG_FEED_FORWARD,
   FLAG_STATS_RESET,
   MAX_U32,
+  MeshMode,
   MessageType,
   messageTypeName,
   NONCE_BYTES,
@@ -71,7 +72,21 @@ interface Session {
   /** set when the root asked for a profile (SESSION_PROFILE) */
   prof: Profiler | null;
   cache: KVCache;
+  node: number;
+  nodes: number;
+  /** the links to the other workers (three nodes or more), from the root's Mesh message on */
+  mesh: Mesh | null;
 }
+
+/** A session's links to the other workers: links[i] to node i (null for the root, this node, and
+ *  links not up yet). This worker opens those to lower indexes and accepts those from higher ones. */
+interface Mesh {
+  token: Uint8Array;
+  links: (Conn | null)[];
+}
+
+/** How long a worker waits for the links of a mesh to come up. */
+const MESH_TIMEOUT_MS = 5000;
 
 export interface RunningWorker {
   readonly port: number;
@@ -94,9 +109,84 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
 
   if (o.maxMemory !== undefined && identity) checkBudget(o.modelPath, o.maxMemory, name, log);
   let closeStream: (() => Promise<void>) | null = null;
-  const handle = async (conn: Conn): Promise<void> => {
-    // ---- handshake: version, model file, secret
-    const hello = await conn.expect(MessageType.Hello, 10_000, "the hello");
+  /** The secret's challenge, when this worker has one; throws (after telling the peer) on a wrong answer. */
+  const challenge = async (conn: Conn, who: string): Promise<void> => {
+    if (!o.secret) return;
+    const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
+    conn.send({ type: MessageType.Challenge, nonce, ranges: [] });
+    const r = await conn.expect(MessageType.ChallengeResponse, 10_000, "the secret challenge");
+    const want = hmac(o.secret, nonce);
+    if (!Buffer.from(r.message.digest).equals(Buffer.from(want))) throw refuse(conn, ErrorCode.Unauthorized, `worker ${name} refused ${who}: wrong cluster secret`);
+  };
+
+  /** A link from another worker of the current session (its PeerHello): checked, then handed to the
+   *  session's mesh. Resolves to true when the connection now belongs to the mesh. */
+  const acceptLink = async (conn: Conn, h: Extract<Message, { type: MessageType.PeerHello }>): Promise<boolean> => {
+    await challenge(conn, `${conn.peer}, which claimed to be worker node ${h.node} of a session`);
+    // its Mesh message may reach this worker a moment after the peer's: wait for it
+    const deadline = Date.now() + MESH_TIMEOUT_MS;
+    const token = Buffer.from(h.token);
+    while (!(session?.mesh && timingSafeEqual(Buffer.from(session.mesh.token), token))) {
+      if (Date.now() > deadline) throw refuse(conn, ErrorCode.Unauthorized, `worker ${name}: no session of this worker has the mesh token that ${conn.peer} gave`);
+      await Bun.sleep(5);
+    }
+    const s = session, mesh = s.mesh!;
+    if (!(h.node > s.node && h.node < s.nodes) || mesh.links[h.node]) {
+      throw refuse(conn, ErrorCode.BadPlan, `worker ${name} (node ${s.node} of ${s.nodes}): a link from node ${h.node} is not expected`);
+    }
+    conn.peer = `worker node ${h.node} (${conn.socket.remoteAddress})`;
+    mesh.links[h.node] = conn;
+    conn.send({ type: MessageType.MeshAck, problem: "" });
+    return true;
+  };
+
+  /** Mesh Connect: open the links to the lower-index workers, wait for the higher ones; the root hears
+   *  whether every link is up (MeshAck). */
+  const connectMesh = async (s: Session, m: Extract<Message, { type: MessageType.Mesh }>): Promise<void> => {
+    if (s.mesh || s.node === 0 || m.addrs.length !== s.nodes - 1) throw refuse(s.conn, ErrorCode.BadPlan, `worker ${name}: a mesh of ${m.addrs.length} worker addresses for node ${s.node} of ${s.nodes}${s.mesh ? " (a mesh is already up)" : ""}`);
+    const mesh: Mesh = { token: m.token, links: new Array<Conn | null>(s.nodes).fill(null) };
+    s.mesh = mesh;
+    let problem = "";
+    let opening: Conn | null = null;
+    try {
+      const addrs = parseWorkerList(m.addrs.join(","));
+      for (let j = 1; j < s.node; j++) {
+        const a = addrs[j - 1]!;
+        const link = (opening = await connect(a.host, a.port, `worker ${a.addr}`, MESH_TIMEOUT_MS));
+        link.send({ type: MessageType.PeerHello, version: PROTOCOL_VERSION, node: s.node, token: m.token });
+        let r = await link.next(MESH_TIMEOUT_MS, "the link");
+        if (r.message.type === MessageType.Challenge) {
+          if (!o.secret) throw new Error(`${link.peer} requires a cluster secret and this worker has none`);
+          link.send({ type: MessageType.ChallengeResponse, digest: hmac(o.secret, r.message.nonce) });
+          r = await link.next(MESH_TIMEOUT_MS, "the link");
+        }
+        if (r.message.type === MessageType.Error) throw new Error(`${link.peer}: ${r.message.message}`);
+        if (r.message.type !== MessageType.MeshAck || r.message.problem) throw new Error(`${link.peer} answered the link with ${r.message.type === MessageType.MeshAck ? r.message.problem : messageTypeName(r.message.type)}`);
+        if (s.mesh !== mesh) link.fail(new Error("mesh dropped"));
+        else mesh.links[j] = link;
+        opening = null;
+      }
+      const deadline = Date.now() + MESH_TIMEOUT_MS;
+      for (;;) {
+        const missing = mesh.links.map((l, j) => (j > s.node && !l ? j : -1)).filter((j) => j >= 0);
+        if (!missing.length) break;
+        if (Date.now() > deadline) throw new Error(`no link from node(s) ${missing.join(", ")} (${missing.map((j) => m.addrs[j - 1]).join(", ")}) within ${MESH_TIMEOUT_MS / 1000} s`);
+        await Bun.sleep(2);
+      }
+      log(`worker ${name}: linked to the other workers (${mesh.links.map((l, j) => (l ? `node ${j} ${l.peer}` : "")).filter(Boolean).join(", ")})`);
+    } catch (e) {
+      opening?.fail(e as Error);
+      problem = `worker ${name}: ${(e as Error).message}`;
+      log(`${problem}; reductions will go through the root`);
+    }
+    s.conn.send({ type: MessageType.MeshAck, problem });
+  };
+
+  const handle = async (conn: Conn): Promise<boolean> => {
+    // ---- handshake: version, model file, secret (or a link from another worker)
+    const hello = await conn.next(10_000, "the hello");
+    if (hello.message.type === MessageType.PeerHello) return acceptLink(conn, hello.message);
+    if (hello.message.type !== MessageType.Hello) throw refuse(conn, ErrorCode.Protocol, `expected Hello, got ${messageTypeName(hello.message.type)}`);
     const h = hello.message;
     if (h.version !== PROTOCOL_VERSION) throw refuse(conn, ErrorCode.Version, `protocol version ${h.version} refused: this worker speaks ${PROTOCOL_VERSION}`);
     if (!identity) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} cannot use its model file: ${identityError}`);
@@ -114,13 +204,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     }
     const diff = compareIdentity(local, remote, "the root");
     if (diff) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} has a different model file at ${identity.path}: ${diff}`);
-    if (o.secret) {
-      const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
-      conn.send({ type: MessageType.Challenge, nonce, ranges: [] });
-      const r = await conn.expect(MessageType.ChallengeResponse, 10_000, "the secret challenge");
-      const want = hmac(o.secret, nonce);
-      if (!Buffer.from(r.message.digest).equals(Buffer.from(want))) throw refuse(conn, ErrorCode.Unauthorized, `worker ${name} refused the root: wrong cluster secret`);
-    }
+    await challenge(conn, "the root");
     if (session) throw refuse(conn, ErrorCode.Busy, `worker ${name} is busy serving another root`);
     // a worker streaming its weights through --max-memory keeps the output matrix out of its budget
     const capabilities = ALL_CAPABILITIES | (o.maxMemory === undefined ? Capability.Logits : 0);
@@ -173,7 +257,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const spin = o.spinner === undefined ? spinner : o.spinner;
     const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, idle, spin);
     const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
-    session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType) };
+    session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType), node: s.node, nodes: s.nodes, mesh: null };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);
 
@@ -184,7 +268,14 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       answered = false;
       session.prof?.idle(Op.NetworkWait);
       const m = r.message;
-      if (m.type === MessageType.Bye) return;
+      if (m.type === MessageType.Bye) return false;
+      if (m.type === MessageType.Mesh) {
+        if (m.mode === MeshMode.Connect) await connectMesh(session, m);
+        else if (m.mode === MeshMode.Use && session.mesh?.links.every((l, j) => l || j === 0 || j === session!.node)) session.link.useMesh(session.mesh.links, session.node);
+        else if (m.mode === MeshMode.Use) throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: asked to use a mesh whose links are not all up`);
+        else dropMesh(session, "the root dropped the mesh");
+        continue;
+      }
       if (m.type === MessageType.Ping) {
         conn.send({ type: MessageType.Pong, time: m.time });
         continue;
@@ -219,15 +310,19 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
         const conn = new Conn(socket, `root ${socket.remoteAddress}`);
         socket.data = { conn };
         handle(conn)
-          .catch((e: Error) => log(`worker ${name}: ${conn.peer}: ${e.message}`))
-          .finally(() => {
+          .catch((e: Error) => {
+            log(`worker ${name}: ${conn.peer}: ${e.message}`);
+            return false;
+          })
+          .then((link) => {
             if (session?.conn === conn) {
+              dropMesh(session, "the session ended");
               session = null;
               closeStream?.().catch(() => {});
               closeStream = null;
               log(`worker ${name}: session with ${conn.peer} ended; ready for the next root`);
             }
-            conn.fail(new Error("session over"));
+            if (!link) conn.fail(new Error("session over")); // a link of the mesh lives on with its session
           });
       },
       data(socket, chunk) {
@@ -238,9 +333,12 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       },
       close(socket) {
         socket.data.conn.onClose();
+        // the root is gone: a step waiting for another worker's partial must not wait on
+        if (session?.conn === socket.data.conn) dropMesh(session, "the root closed the connection");
       },
       error(socket, err) {
         socket.data.conn.onClose(err);
+        if (session?.conn === socket.data.conn) dropMesh(session, "the root's connection failed");
       },
     },
   });
@@ -258,7 +356,11 @@ class RootLink implements Peers {
   /** how many last tokens' logits this step wants from this worker (the Step says) */
   logits = 0;
   private tmp = new Float32Array(0);
+  private acc = new Float32Array(0);
   private rowsOut = new Float32Array(0);
+  /** the mesh's links by node index (three nodes or more), empty without a mesh */
+  private links: (Conn | null)[] = [];
+  private node = 0;
 
   constructor(
     private readonly conn: Conn,
@@ -266,7 +368,7 @@ class RootLink implements Peers {
     private readonly k: Kernels,
     private readonly c: ModelConfig,
     private readonly wire: WireType,
-    private readonly exchange: boolean,
+    private exchange: boolean,
     /** SESSION_LOGITS: the rows of the output projection this worker computes */
     readonly rows: Range | null,
     private readonly prof: Profiler | null,
@@ -278,14 +380,30 @@ class RootLink implements Peers {
     // the root started the step (its Step message is what runs forward() here)
   }
 
+  /** From the next reduction on, exchange partials with every node over the mesh's links. */
+  useMesh(links: (Conn | null)[], node: number): void {
+    this.links = links;
+    this.node = node;
+    this.exchange = true;
+  }
+
   async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
-    const { conn, k, prof: p } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
+    const { conn, k, prof: p, links } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
     const own = part.subarray(0, size);
     let t = p ? p.start() : 0;
     writeActivationFrame(conn.writer, k, MessageType.Result, { seq: conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
     if (p) t = p.lap(Op.WireCompress, t);
     conn.flushWriter();
-    if (p) p.stop(Op.NetworkSend, t);
+    if (p) t = p.lap(Op.NetworkSend, t);
+    // the mesh: the same partial to every other worker
+    for (let j = 1; j < links.length; j++) {
+      const l = links[j];
+      if (!l) continue;
+      writeActivationFrame(l.writer, k, MessageType.Partial, { seq: l.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
+      if (p) t = p.lap(Op.WireCompress, t);
+      l.flushWriter();
+      if (p) t = p.lap(Op.NetworkSend, t);
+    }
     if (this.exchange) roundTripActivation(k, own, shape, this.wire);
     const what = `layer ${layer} (${ffn ? "feed-forward" : "attention"})`;
     t = p ? p.start() : 0;
@@ -297,7 +415,32 @@ class RootLink implements Peers {
     const problem = blockFrameProblem(r, MessageType.Partial, layer, ffn, n, this.c.dim);
     if (problem || m.type !== MessageType.Partial) throw refuse(conn, ErrorCode.BadPlan, `${conn.peer} answered ${what} with ${problem}`);
     t = p ? p.start() : 0;
-    if (this.exchange) {
+    if (this.exchange && links.length) {
+      // every node adds the partials in node order (the root's first), so all get the same bits
+      if (this.tmp.length < size) this.tmp = new Float32Array(size);
+      if (this.acc.length < size) this.acc = new Float32Array(size);
+      const acc = this.acc.subarray(0, size);
+      decodeActivation(k, m.tensor, acc);
+      if (p) t = p.lap(Op.WireDecompress, t);
+      for (let j = 1; j < links.length; j++) {
+        if (j === this.node) {
+          k.add(acc, acc, own, size);
+          continue;
+        }
+        const l = links[j]!;
+        if (p) p.stop(Op.Add, t);
+        t = p ? p.start() : 0;
+        const rj = await l.next(this.waitMs, `${l.peer}'s partial of ${what}`, this.spinner);
+        if (p) t = p.lap(Op.NetworkWait, t);
+        const pj = blockFrameProblem(rj, MessageType.Partial, layer, ffn, n, this.c.dim);
+        if (pj || rj.message.type !== MessageType.Partial) throw new Error(`${l.peer} answered ${what} with ${pj}`);
+        decodeActivation(k, rj.message.tensor, this.tmp);
+        if (p) t = p.lap(Op.WireDecompress, t);
+        k.add(acc, acc, this.tmp, size);
+      }
+      own.set(acc);
+      if (p) p.stop(Op.Add, t);
+    } else if (this.exchange) {
       if (this.tmp.length < size) this.tmp = new Float32Array(size);
       decodeActivation(k, m.tensor, this.tmp);
       if (p) t = p.lap(Op.WireDecompress, t);
@@ -330,6 +473,14 @@ class RootLink implements Peers {
     this.conn.flushWriter();
     if (p) p.stop(Op.NetworkSend, t);
   }
+}
+
+/** Closes a session's mesh links (the session ended, or the root dropped the mesh). */
+function dropMesh(s: Session, why: string): void {
+  const mesh = s.mesh;
+  if (!mesh) return;
+  s.mesh = null;
+  for (const l of mesh.links) l?.fail(new Error(why));
 }
 
 /** Sends an Error to the peer and returns the Error to throw locally. */
