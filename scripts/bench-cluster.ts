@@ -1,10 +1,11 @@
 // Cluster benchmark: decode speed of root + 1 worker (1 thread each) against one node with 2 threads,
 // on 127.0.0.1 and between two network namespaces joined by a veth pair shaped with tc netem
 // (1 Gbit/s, 0.1 ms each way); bytes and reductions per token; worker start-up to ready; the
-// worker's resident memory against the model size; and, as root with a cpu cgroup, a worker held to
-// half a CPU (a slower machine) under --split even, auto and 2,1. Every figure is measured in this run.
+// worker's resident memory against the model size; root + 2 workers with and without links between
+// the workers (--mesh); and, as root with a cpu cgroup, a worker held to half a CPU (a slower
+// machine) under --split even, auto and 2,1. Every figure is measured in this run.
 //
-//   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--runs R] [--no-netns] [--no-slow]
+//   bun scripts/bench-cluster.ts [--model F.gguf] [-n TOKENS] [--runs R] [--no-netns] [--no-slow] [--no-three]
 // Without --model, the TinyLlama-shape Q4_0 model is generated once into build/models/.
 // Each configuration runs R times (default 3), the configurations interleaved round by round, and
 // the best run of each is compared: on a shared VM whose memory bandwidth moves by tens of percent
@@ -179,6 +180,27 @@ const rows: [string, string][] = [
     ? ["  the file pages by place", `${(pages.inside / 2 ** 20).toFixed(0)} MiB in its slices (${(pages.inside / size).toFixed(2)} of the model), ${(pages.outside / 2 ** 20).toFixed(0)} MiB outside (large folios of the shared page cache; /proc/PID/pagemap)`]
     : ["  the file pages by place", "not measured (needs root for /proc/PID/pagemap)"],
 ];
+
+// Three nodes: every reduction through the root (two crossings of the network, the root sending
+// the sum to each worker) against the workers linked to each other (one crossing, each node sending
+// its partial to every other). On this machine three single-thread nodes share two CPUs.
+if (!args.includes("--no-three")) {
+  const w3 = [await startWorker(model, "127.0.0.1"), await startWorker(model, "127.0.0.1")];
+  try {
+    const list = w3.map((x) => x.addr).join(",");
+    const star: Run[] = [], mesh: Run[] = [];
+    for (let i = 0; i < runs; i++) {
+      star.push(runRoot(model, 1, list, undefined, undefined, ["--mesh", "off"]));
+      mesh.push(runRoot(model, 1, list));
+    }
+    const st = best(star), me = best(mesh);
+    rows.push(["root + 2 workers on 127.0.0.1, 1 thread each", ""]);
+    rows.push(["  reductions through the root (--mesh off)", `${st.tokPerSec.toFixed(2)} tokens/s  (${st.spread}); ${st.wire ?? "-"}`]);
+    rows.push(["  workers linked to each other (default)", `${me.tokPerSec.toFixed(2)} tokens/s  ${(me.tokPerSec / st.tokPerSec).toFixed(2)}x (${me.spread}); ${me.wire ?? "-"}`]);
+  } finally {
+    for (const x of w3) x.proc.kill();
+  }
+}
 
 /**
  * A CPU cgroup that lets its processes run `fraction` of one CPU (cgroup v1 cpu controller or v2

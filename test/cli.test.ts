@@ -36,6 +36,7 @@ describe("usage", () => {
       [["logits", "--model", "x.gguf", "--tokens", "1,a", "--out", "/tmp/x"], /--tokens: "a" is not a token id/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "1,0"], /--split must be even, auto or whole numbers from 1 to 1000000, one per node, the root first \(got 1,0\)/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1", "--split", "fast"], /--split must be even, auto or whole numbers/],
+      [["--root", "-m", "x.gguf", "-p", "hi", "--workers", "a:1,b:2", "--mesh", "maybe"], /--mesh must be on or off \(got maybe\)/],
       [["--root", "-m", "x.gguf", "-p", "hi", "--split", "2,1"], /--split has 2 weights for 1 node\(s\) \(the root and 0 worker\(s\)\)/],
       [["speed", "--type", "q5_1"], /--type must be one of f32, f16, bf16, q8_0, q4_0 \(got q5_1\)/],
       [["speed", "--type", "q4_0", "--model", "x.gguf"], /speed: give --model or --type, not both/],

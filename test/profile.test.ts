@@ -134,11 +134,13 @@ describe("profile command", () => {
       expect(n.groups.network).toBeGreaterThan(0);
     }
     // only the root samples; each worker computes its share of the logits (SESSION_LOGITS) from its
-    // own copy of the residual stream, which the root's 12 Partial frames (sums) per token keep equal
+    // own copy of the residual stream, which the 12 reductions per token keep equal: the workers are
+    // linked (the mesh), so each decodes the root's partial and the other worker's, 2 x 12 per token
     for (const w of report.perNode.slice(1)) {
       expect(row(w, "logits").callsPerToken).toBe(1);
       expect(row(w, "sampling").callsPerToken).toBe(0);
-      expect(row(w, "wire_decompress").callsPerToken).toBe(12);
+      expect(row(w, "wire_decompress").callsPerToken).toBe(24);
+      expect(row(w, "wire_compress").callsPerToken).toBe(24); // its partial to the root and to the other worker
       expect(row(w, "rms_norm").callsPerToken).toBe(13);
       // a worker's window is the root's, give or take a round trip
       expect(Math.abs(w.wallMsPerToken - report.decode.msPerToken) / report.decode.msPerToken).toBeLessThan(0.05);
