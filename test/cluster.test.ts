@@ -324,12 +324,21 @@ describe("refusals and failures", () => {
     }
   }
 
-  test("workers that cannot link to each other (one asks for a secret the other lacks): the root says why and goes through itself", async () => {
+  test("workers with the cluster secret link to each other through its challenge; when one lacks it, the root says why and goes through itself", async () => {
     const model = join(MODELS, "odd-q4_0.gguf");
+    const args = ["--root", "-m", model, "-p", "hello", "-n", "12", "--temp", "0"];
+    const one = root(...args);
+    const both = [await worker(model, "--secret", "s3cret"), await worker(model, "--secret", "s3cret")];
+    try {
+      const r = root(...args, "--secret", "s3cret", "--workers", both.map((w) => w.addr).join(","));
+      expect(r.code).toBe(0);
+      expect(r.err).toContain("linked to each other");
+      expect(r.out).toBe(one.out);
+    } finally {
+      stop(both);
+    }
     const ws = [await worker(model, "--secret", "s3cret"), await worker(model)];
     try {
-      const args = ["--root", "-m", model, "-p", "hello", "-n", "12", "--temp", "0"];
-      const one = root(...args);
       const r = root(...args, "--secret", "s3cret", "--workers", ws.map((w) => w.addr).join(","));
       expect(r.code).toBe(0);
       expect(r.err).toContain("the workers cannot all reach each other");
