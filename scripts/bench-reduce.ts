@@ -11,7 +11,7 @@
 // nodes sharing cores (which bench:cluster shows). Per reduction: wall time over the reductions minus
 // the same number of bare waits, timed in the same process. The modes alternate, round by round.
 import { join } from "node:path";
-import { Conn, connect } from "../src/cluster/conn";
+import { Conn, connect, connHandlers } from "../src/cluster/conn";
 import { decodeActivation, MessageType, PROTOCOL_VERSION, writeActivationFrame } from "../src/cluster/protocol";
 import { loadKernels } from "../src/native/index";
 import { GGMLType } from "../src/native/types";
@@ -66,19 +66,11 @@ async function node(index: number, nodes: number, mode: "star" | "mesh", port: n
     hostname: "127.0.0.1",
     port: port + index,
     socket: {
+      ...connHandlers,
       open(socket) {
         const conn = new Conn(socket, `node ? (${socket.remoteAddress})`);
         socket.data = { conn };
         accepted.add(conn);
-      },
-      data(socket, chunk) {
-        socket.data.conn.onData(chunk);
-      },
-      drain(socket) {
-        socket.data.conn.onDrain();
-      },
-      close(socket) {
-        socket.data.conn.onClose();
       },
     },
   });

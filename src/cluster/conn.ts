@@ -161,6 +161,22 @@ export class Conn {
   }
 }
 
+/** The socket handlers of a connection carried as `socket.data.conn`: bytes in, drain, close. */
+export const connHandlers = {
+  data(socket: Socket<{ conn: Conn }>, chunk: Uint8Array): void {
+    socket.data.conn.onData(chunk);
+  },
+  drain(socket: Socket<{ conn: Conn }>): void {
+    socket.data.conn.onDrain();
+  },
+  close(socket: Socket<{ conn: Conn }>): void {
+    socket.data?.conn.onClose();
+  },
+  error(socket: Socket<{ conn: Conn }>, err: Error): void {
+    socket.data?.conn.onClose(err);
+  },
+};
+
 export function parseWorkerList(list: string): { host: string; port: number; addr: string }[] {
   return list.split(",").map((s) => s.trim()).filter(Boolean).map((addr) => {
     const m = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(addr);
@@ -184,6 +200,7 @@ export function connect(host: string, port: number, label: string, timeoutMs: nu
       hostname: host,
       port,
       socket: {
+        ...connHandlers,
         open(socket) {
           const conn = new Conn(socket, label);
           socket.data = { conn };
@@ -194,18 +211,6 @@ export function connect(host: string, port: number, label: string, timeoutMs: nu
           done = true;
           clearTimeout(timer);
           resolve(conn);
-        },
-        data(socket, chunk) {
-          socket.data.conn.onData(chunk);
-        },
-        drain(socket) {
-          socket.data.conn.onDrain();
-        },
-        close(socket) {
-          socket.data?.conn.onClose();
-        },
-        error(socket, err) {
-          socket.data?.conn.onClose(err);
         },
         connectError(_socket, err) {
           if (done) return;

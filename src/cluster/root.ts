@@ -7,7 +7,6 @@ import type { GGUFFile } from "../model/gguf";
 import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn, connect, parseWorkerList, type Received, Silent } from "./conn";
-export { parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { sliceOffsets } from "./plan";
 import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
@@ -73,9 +72,6 @@ export class ClusterPeers implements Peers {
   private readonly workerRows: (Range | null)[];
   /** the rows of the logits the root computes: its own and those of workers that do not */
   private readonly localLogitRows: Range[];
-  /** two nodes, or a mesh: the root sends its own partial output and adds the workers' (else it sends
-   *  the sum) */
-  private exchange: boolean;
   /** the workers exchange partials over links of their own (three nodes or more) */
   meshed = false;
   /** this step: the workers compute their rows of the logits */
@@ -99,7 +95,6 @@ export class ClusterPeers implements Peers {
   ) {
     this.workerRows = conns.map(() => null);
     this.localLogitRows = [];
-    this.exchange = exchangesPartials(conns.length + 1);
   }
 
   static async connect(g: GGUFFile, c: ModelConfig, identity: FileIdentity, k: Kernels, o: ClusterOptions): Promise<ClusterPeers> {
@@ -168,8 +163,13 @@ export class ClusterPeers implements Peers {
       o.log?.(`the workers cannot all reach each other (${problems.join("; ")}): every reduction goes through the root (two crossings of the network instead of one)`);
       return;
     }
-    this.exchange = true;
     this.meshed = true;
+  }
+
+  /** two nodes, or a mesh: the root sends its own partial output and adds the workers' (else it sends
+   *  the sum) */
+  private get exchange(): boolean {
+    return this.meshed || exchangesPartials(this.conns.length + 1);
   }
 
   /** --split auto: every node times its matrix x vector kernel at once; the weights are the speeds. */
@@ -258,9 +258,9 @@ export class ClusterPeers implements Peers {
     const settled = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner).catch((e: Error) => e)));
     const closed = settled.find((r) => r instanceof Error && !(r instanceof Silent));
     if (closed) throw closed;
-    const silent = this.conns.filter((_, i) => settled[i] instanceof Silent);
-    if (silent.length === 1) throw settled[this.conns.indexOf(silent[0]!)] as Error;
-    if (silent.length) throw new Error(`${silent.map((c) => c.peer).join(" and ")} did not answer ${what} within ${(this.stallMs / 1000).toFixed(1)} s`);
+    const silent = settled.filter((r) => r instanceof Silent);
+    if (silent.length === 1) throw silent[0]!;
+    if (silent.length) throw new Error(`${this.conns.filter((_, i) => settled[i] instanceof Silent).map((c) => c.peer).join(" and ")} did not answer ${what} within ${(this.stallMs / 1000).toFixed(1)} s`);
     return settled as Received[];
   }
 

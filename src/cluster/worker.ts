@@ -9,12 +9,12 @@ import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../mod
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
-import { Conn, connect, parseWorkerList } from "./conn";
+import { Conn, connect, connHandlers, parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
-import { partition, type Range, type Slice, splitVocab } from "./partition";
+import { exchangesPartials, partition, type Range, type Slice, splitVocab } from "./partition";
 import type { ModelConfig } from "../model/config";
 import { compareIdentity, fileIdentity, type FileIdentity } from "./storage";
 import {
@@ -230,6 +230,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const weights = loadWeights(g, config);
     const slices = partition(config, s.nodes, alignmentOf(weights), s.weights);
     const slice = slices[s.node]!;
+    if (s.flags & SESSION_EXCHANGE && !exchangesPartials(s.nodes)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: exchanged reductions without links between workers need 2 nodes, not ${s.nodes}`);
     if (s.flags & SESSION_LOGITS && !(capabilities & Capability.Logits)) throw refuse(conn, ErrorCode.BadPlan, `worker ${name} streams its weights (--max-memory) and does not compute logits`);
     const logitRows = s.flags & SESSION_LOGITS ? splitVocab(config.vocabSize, s.nodes, s.weights)[s.node]! : undefined;
     const mine = sliceOffsets(g, config, slice, logitRows);
@@ -255,7 +256,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     }
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
     const spin = o.spinner === undefined ? spinner : o.spinner;
-    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, logitRows ?? null, prof, idle, spin);
+    const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, s.node, s.nodes, logitRows ?? null, prof, idle, spin);
     const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
     session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType), node: s.node, nodes: s.nodes, mesh: null };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
@@ -271,7 +272,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       if (m.type === MessageType.Bye) return false;
       if (m.type === MessageType.Mesh) {
         if (m.mode === MeshMode.Connect) await connectMesh(session, m);
-        else if (m.mode === MeshMode.Use && session.mesh?.links.every((l, j) => l || j === 0 || j === session!.node)) session.link.useMesh(session.mesh.links, session.node);
+        else if (m.mode === MeshMode.Use && session.mesh?.links.every((l, j) => l || j === 0 || j === session!.node)) session.link.useMesh(session.mesh.links);
         else if (m.mode === MeshMode.Use) throw refuse(conn, ErrorCode.BadPlan, `worker ${name}: asked to use a mesh whose links are not all up`);
         else dropMesh(session, "the root dropped the mesh");
         continue;
@@ -325,19 +326,15 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
             if (!link) conn.fail(new Error("session over")); // a link of the mesh lives on with its session
           });
       },
-      data(socket, chunk) {
-        socket.data.conn.onData(chunk);
-      },
-      drain(socket) {
-        socket.data.conn.onDrain();
-      },
+      data: connHandlers.data,
+      drain: connHandlers.drain,
       close(socket) {
-        socket.data.conn.onClose();
+        connHandlers.close(socket);
         // the root is gone: a step waiting for another worker's partial must not wait on
         if (session?.conn === socket.data.conn) dropMesh(session, "the root closed the connection");
       },
       error(socket, err) {
-        socket.data.conn.onClose(err);
+        connHandlers.error(socket, err);
         if (session?.conn === socket.data.conn) dropMesh(session, "the root's connection failed");
       },
     },
@@ -360,7 +357,6 @@ class RootLink implements Peers {
   private rowsOut = new Float32Array(0);
   /** the mesh's links by node index (three nodes or more), empty without a mesh */
   private links: (Conn | null)[] = [];
-  private node = 0;
 
   constructor(
     private readonly conn: Conn,
@@ -368,7 +364,11 @@ class RootLink implements Peers {
     private readonly k: Kernels,
     private readonly c: ModelConfig,
     private readonly wire: WireType,
+    /** the reductions are exchanges: two nodes (SESSION_EXCHANGE), or a mesh (useMesh) */
     private exchange: boolean,
+    /** this worker's node index, and the node count */
+    private readonly node: number,
+    private readonly nodes: number,
     /** SESSION_LOGITS: the rows of the output projection this worker computes */
     readonly rows: Range | null,
     private readonly prof: Profiler | null,
@@ -381,9 +381,8 @@ class RootLink implements Peers {
   }
 
   /** From the next reduction on, exchange partials with every node over the mesh's links. */
-  useMesh(links: (Conn | null)[], node: number): void {
+  useMesh(links: (Conn | null)[]): void {
     this.links = links;
-    this.node = node;
     this.exchange = true;
   }
 
@@ -391,19 +390,15 @@ class RootLink implements Peers {
     const { conn, k, prof: p, links } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
     const own = part.subarray(0, size);
     let t = p ? p.start() : 0;
-    writeActivationFrame(conn.writer, k, MessageType.Result, { seq: conn.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
-    if (p) t = p.lap(Op.WireCompress, t);
-    conn.flushWriter();
-    if (p) t = p.lap(Op.NetworkSend, t);
-    // the mesh: the same partial to every other worker
-    for (let j = 1; j < links.length; j++) {
-      const l = links[j];
-      if (!l) continue;
-      writeActivationFrame(l.writer, k, MessageType.Partial, { seq: l.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
+    // this node's partial: to the root, and with a mesh to every other worker
+    const send = (to: Conn, type: MessageType.Result | MessageType.Partial) => {
+      writeActivationFrame(to.writer, k, type, { seq: to.nextSeq(), layer, flags: ffn ? FLAG_FEED_FORWARD : 0 }, own, shape, this.wire);
       if (p) t = p.lap(Op.WireCompress, t);
-      l.flushWriter();
+      to.flushWriter();
       if (p) t = p.lap(Op.NetworkSend, t);
-    }
+    };
+    send(conn, MessageType.Result);
+    for (const l of links) if (l) send(l, MessageType.Partial);
     if (this.exchange) roundTripActivation(k, own, shape, this.wire);
     const what = `layer ${layer} (${ffn ? "feed-forward" : "attention"})`;
     t = p ? p.start() : 0;
@@ -415,41 +410,36 @@ class RootLink implements Peers {
     const problem = blockFrameProblem(r, MessageType.Partial, layer, ffn, n, this.c.dim);
     if (problem || m.type !== MessageType.Partial) throw refuse(conn, ErrorCode.BadPlan, `${conn.peer} answered ${what} with ${problem}`);
     t = p ? p.start() : 0;
-    if (this.exchange && links.length) {
-      // every node adds the partials in node order (the root's first), so all get the same bits
-      if (this.tmp.length < size) this.tmp = new Float32Array(size);
-      if (this.acc.length < size) this.acc = new Float32Array(size);
-      const acc = this.acc.subarray(0, size);
-      decodeActivation(k, m.tensor, acc);
-      if (p) t = p.lap(Op.WireDecompress, t);
-      for (let j = 1; j < links.length; j++) {
-        if (j === this.node) {
-          k.add(acc, acc, own, size);
-          continue;
-        }
-        const l = links[j]!;
-        if (p) p.stop(Op.Add, t);
-        t = p ? p.start() : 0;
-        const rj = await l.next(this.waitMs, `${l.peer}'s partial of ${what}`, this.spinner);
-        if (p) t = p.lap(Op.NetworkWait, t);
-        const pj = blockFrameProblem(rj, MessageType.Partial, layer, ffn, n, this.c.dim);
-        if (pj || rj.message.type !== MessageType.Partial) throw new Error(`${l.peer} answered ${what} with ${pj}`);
-        decodeActivation(k, rj.message.tensor, this.tmp);
-        if (p) t = p.lap(Op.WireDecompress, t);
-        k.add(acc, acc, this.tmp, size);
-      }
-      own.set(acc);
-      if (p) p.stop(Op.Add, t);
-    } else if (this.exchange) {
-      if (this.tmp.length < size) this.tmp = new Float32Array(size);
-      decodeActivation(k, m.tensor, this.tmp);
-      if (p) t = p.lap(Op.WireDecompress, t);
-      k.add(own, own, this.tmp, size);
-      if (p) p.stop(Op.Add, t);
-    } else {
+    if (!this.exchange) {
+      // the root sent the sum over all nodes
       decodeActivation(k, m.tensor, own);
       if (p) p.stop(Op.WireDecompress, t);
+      return;
     }
+    // every node adds all partials in node order (the root's first), so all get the same bits: two
+    // nodes, the root's and this one's; a mesh, each worker's from its link, this node's own in its place
+    if (this.tmp.length < size) this.tmp = new Float32Array(size);
+    if (this.acc.length < size) this.acc = new Float32Array(size);
+    const acc = this.acc.subarray(0, size);
+    decodeActivation(k, m.tensor, acc);
+    if (p) t = p.lap(Op.WireDecompress, t);
+    for (let j = 1; j < this.nodes; j++) {
+      if (j === this.node) {
+        k.add(acc, acc, own, size);
+        if (p) t = p.lap(Op.Add, t);
+        continue;
+      }
+      const l = links[j]!;
+      const rj = await l.next(this.waitMs, `${l.peer}'s partial of ${what}`, this.spinner);
+      if (p) t = p.lap(Op.NetworkWait, t);
+      const pj = blockFrameProblem(rj, MessageType.Partial, layer, ffn, n, this.c.dim);
+      if (pj || rj.message.type !== MessageType.Partial) throw new Error(`${l.peer} answered ${what} with ${pj}`);
+      decodeActivation(k, rj.message.tensor, this.tmp);
+      if (p) t = p.lap(Op.WireDecompress, t);
+      k.add(acc, acc, this.tmp, size);
+      if (p) t = p.lap(Op.Add, t);
+    }
+    own.set(acc);
   }
 
   logitRows(): readonly Range[] | null {
