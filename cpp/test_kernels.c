@@ -199,16 +199,18 @@ static void test_scales(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
  * packed activations, several packed pieces when one token's packing is large). */
 static void test_batch(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
-    const int64_t nins[] = {32 * 5, 32 * 37, 4096, 65536}, toks[] = {2, 7, 8, 9, 17, 20};
+    /* Q4_0 on AVX2: 768 and 4096 take the blocked path from 4 tokens on, 16384 is its largest row
+     * (64 groups of 8 blocks), 65536 and rows of whole blocks but not whole groups take the row tiles */
+    const int64_t nins[] = {32 * 5, 32 * 37, 32 * 24, 4096, 16384, 65536}, toks[] = {2, 4, 7, 8, 9, 17, 20};
     for (int ti = 0; ti < 4; ti++)
-        for (int ni = 0; ni < 4; ni++) {
+        for (int ni = 0; ni < 6; ni++) {
             const int type = types[ti];
             const int64_t n_in = nins[ni], rows = 7, r0 = 1, r1 = 6, ldo = 6;
-            if (type != DL_TYPE_Q4_0 && n_in == 65536) continue;
+            if (type != DL_TYPE_Q4_0 && n_in >= 16384) continue;
             void *w = make_weights(type, rows, n_in, ref);
             const int at = dl_type_activation(type);
             const int64_t xrow = n_in / dl_type_block_values(at) * dl_type_block_bytes(at);
-            for (int ki = 0; ki < 6; ki++) {
+            for (int ki = 0; ki < 7; ki++) {
                 const int64_t n_tok = toks[ki];
                 float *xf = malloc((size_t)(n_tok * n_in) * 4);
                 fill(xf, n_tok * n_in, 1.0f);
