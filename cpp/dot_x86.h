@@ -657,6 +657,7 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
 #define DL_BLOCKED_TOKENS 4
 #define DL_BLOCKED_MAX_GROUPS 64 /* n_in <= 16384: 2 x 18 KiB of stack */
 #define DL_UNPACKED_GROUP_BYTES 288
+#define DL_BLOCKED_CHUNK_BYTES (256 * 1024)
 
 static inline void unpack_row_q4_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
     for (int64_t g = 0; g < ng; g++, o += DL_UNPACKED_GROUP_BYTES, wr += 8 * 18) {
@@ -733,28 +734,39 @@ static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t l
     const int64_t ustride = DL_BLOCKED_MAX_GROUPS * DL_UNPACKED_GROUP_BYTES;
     float s[R * T];
     __attribute__((aligned(32))) float acc[R * T * 8];
-    int64_t r = ra;
-    for (; r + R <= rb; r += R) {
-        for (int i = 0; i < R; i++) unpack_row_q4_0(u[i], (const uint8_t *)w + (r + i) * ldw, ng);
-        int64_t t = 0;
-        for (; t + T <= n_tok; t += T) {
-            tile_unpacked_2x4(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
-            for (int j = 0; j < T; j++)
-                for (int i = 0; i < R; i++) out[(t + j) * ldo + (r + i - r0)] = s[j * R + i];
+    /* tokens in chunks whose packing stays well inside a 512 KiB L2 (the rows are unpacked again for
+     * each chunk) */
+    int64_t chunk = DL_BLOCKED_CHUNK_BYTES / pstride / T * T;
+    if (chunk < T) chunk = T;
+    for (int64_t ta = 0; ta < n_tok; ta += chunk) {
+        const int64_t tb = n_tok - ta < chunk ? n_tok : ta + chunk;
+        int64_t r = ra;
+        for (; r + R <= rb; r += R) {
+            for (int i = 0; i < R; i++) unpack_row_q4_0(u[i], (const uint8_t *)w + (r + i) * ldw, ng);
+            /* the next rows come from memory while these are computed */
+            if (r + 2 * R <= rb)
+                for (int i = 0; i < R; i++)
+                    for (int64_t o = 0; o < ng * 8 * 18; o += 64) _mm_prefetch((const char *)w + (r + R + i) * ldw + o, _MM_HINT_T0);
+            int64_t t = ta;
+            for (; t + T <= tb; t += T) {
+                tile_unpacked_2x4(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
+                for (int j = 0; j < T; j++)
+                    for (int i = 0; i < R; i++) out[(t + j) * ldo + (r + i - r0)] = s[j * R + i];
+            }
+            for (; t < tb; t++) {
+                tile_unpacked_2x1(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
+                for (int i = 0; i < R; i++) out[t * ldo + (r + i - r0)] = s[i];
+            }
         }
-        for (; t < n_tok; t++) {
-            tile_unpacked_2x1(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
-            for (int i = 0; i < R; i++) out[t * ldo + (r + i - r0)] = s[i];
+        for (; r < rb; r++) {
+            unpack_row_q4_0(u[0], (const uint8_t *)w + r * ldw, ng);
+            int64_t t = ta;
+            for (; t + T <= tb; t += T) {
+                tile_unpacked_1x4(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
+                for (int j = 0; j < T; j++) out[(t + j) * ldo + (r - r0)] = s[j];
+            }
+            for (; t < tb; t++) tile_unpacked_1x1(&out[t * ldo + (r - r0)], acc, u[0], ustride, pk + t * pstride, pstride, ng);
         }
-    }
-    for (; r < rb; r++) {
-        unpack_row_q4_0(u[0], (const uint8_t *)w + r * ldw, ng);
-        int64_t t = 0;
-        for (; t + T <= n_tok; t += T) {
-            tile_unpacked_1x4(s, acc, u[0], ustride, pk + t * pstride, pstride, ng);
-            for (int j = 0; j < T; j++) out[(t + j) * ldo + (r - r0)] = s[j];
-        }
-        for (; t < n_tok; t++) tile_unpacked_1x1(&out[t * ldo + (r - r0)], acc, u[0], ustride, pk + t * pstride, pstride, ng);
     }
     return 1;
 }
