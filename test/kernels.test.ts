@@ -147,12 +147,14 @@ describe("matmul", () => {
   for (const [type, name] of MATMUL_TYPES) {
     const quant = type === GGMLType.Q8_0 || type === GGMLType.Q4_0;
     // n_in must be a multiple of the block; rows take every size of the list. 7 and 33 blocks: kernels
-    // that take blocks in groups (ssse3: 4) have a tail.
-    const nIns = quant ? [32, 64, 32 * 7, 32 * 33, 4096] : [1, 31, 33, 4096];
+    // that take blocks in groups (ssse3: 4) have a tail. Quantized weights take 6 tokens: AVX2's Q4_0
+    // batches of 4+ tokens over whole groups of 8 blocks (256 and 4096 values) take their own path,
+    // 4 tokens and then 2.
+    const nIns = quant ? [32, 64, 32 * 7, 32 * 8, 32 * 33, 4096] : [1, 31, 33, 4096];
     for (const nIn of nIns) {
       const rowsList = nIn === 4096 ? SIZES : [1, 31, 32, 33];
       for (const rows of rowsList) {
-        const nTok = rows > 1000 ? 1 : 3;
+        const nTok = rows > 1000 ? 1 : quant ? 6 : 3;
         test(`${name} ${rows}x${nIn}, ${nTok} token(s), full and odd row ranges, every variant and 1-4 threads`, () => {
           const w = weights(type, rows, nIn, rows * 7 + nIn);
           const x = activation(type, rand(nTok * nIn, nIn + 3));
