@@ -498,26 +498,36 @@ static inline __m256i load2x16(const void *a, const void *b) {
 }
 
 /*
- * Q4_0 on AVX2: s[t * R + r] = row r . token t, groups of 8 blocks, with the activations of a group
- * packed (pack_group8) into the order the weights are unpacked in:
- *   [0, 128)    pair k = 0..3: block k's values 0..15 in the low 128 bits, block k + 4's in the high
- *   [128, 256)  the same for values 16..31
- *   [256, 288)  8 int32: 8 * (sum of block j's values), j = 0..7
- *   [288, 320)  8 floats: block j's scale d_x
- * One 256-bit register holds the 16 packed bytes of blocks k and k + 4, so an and (low nibbles) and
- * a shift + and (high nibbles) unpack two blocks, and two vpmaddubsw take the nibbles (0..15) as they
- * are, unsigned, against the signed activations. The four pairs' int16 sums stay in int16 until three
- * vphaddw reduce them to one register, lane j = block j (at most 16 products of 15 * 128 per int16: no
- * overflow); one vpmaddwd widens them, and "- 8" becomes "- 8 * sum(x)": the exact integer dot of
- * every block. One conversion and one multiply-add per group then add (d_w * d_x) * dot per block,
- * summed in 8 lanes (blocks j mod 8). Per group and row this is 8 multiply-class operations where
- * one conversion and multiply-add per pair needed 16 (measured on Zen 3, weights in cache: 0.95 ns
- * per block against 1.25).
+ * Q4_0 on AVX2: s[t * R + r] = row r . token t, groups of 8 blocks, one block per 32-bit lane. The
+ * activations of a group are packed (pack_group8) into the order the weights are unpacked in:
+ *   [0, 256)    8 registers X[j]: dword b = values 4j..4j+3 (j < 4) or 16+4(j-4)..16+4(j-4)+3 of block b
+ *   [256, 288)  8 int32: 8 * (sum of block b's values)
+ *   [288, 320)  8 floats: block b's scale d_x
+ * The weights of a group are loaded as four registers (blocks k and k + 4 in the two halves) and a
+ * 4 x 4 transpose of dwords in each half (transpose4) puts dword j of block b in dword b of register j;
+ * an and (low nibbles) and a shift + and (high nibbles) then give 8 registers in X's order
+ * (q4_unpack8). Eight vpmaddubsw take the nibbles (0..15) as they are, unsigned, against the signed
+ * activations, seven vpaddw sum them in int16 (at most 16 products of 15 * 128 per lane: no
+ * overflow), one vpmaddwd widens lane b to block b's dot, and "- 8" becomes "- 8 * sum(x)": the exact
+ * integer dot of every block. One conversion and one multiply-add per group then add (d_w * d_x) * dot
+ * per block, summed in 8 lanes (blocks j mod 8). (The pairs used to be reduced by three vphaddw instead
+ * of the transpose: vphaddw issues once per 2 cycles on Zen 3, the transpose's vpunpck twice per cycle
+ * on pipes the multiplies do not use; for one token both cost the same, batches gain, see below.)
  * dl_matmul packs every token once per call (k_pack_q8_0: the activations are shared by all rows);
  * dotr_q4_0 (the unpacked entry) packs each group on the fly into the same layout, so both give the
  * same bits. Blocks after the last whole group take one block per register. Every (row, token) is
  * combined in the same order whatever R and T.
  */
+/* d[j] = dword j of a0, a1, a2, a3 in each 128-bit half: a 4 x 4 transpose of dwords per half */
+static inline __attribute__((always_inline)) void transpose4(__m256i d[4], __m256i a0, __m256i a1, __m256i a2, __m256i a3) {
+    const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1), t2 = _mm256_unpacklo_epi32(a2, a3),
+                  t3 = _mm256_unpackhi_epi32(a2, a3);
+    d[0] = _mm256_unpacklo_epi64(t0, t2);
+    d[1] = _mm256_unpackhi_epi64(t0, t2);
+    d[2] = _mm256_unpacklo_epi64(t1, t3);
+    d[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
 #define DL_HAVE_PACKED_Q4_0
 #define DL_PACK_MIN_TOKENS 1
 #define DL_PACKED_BY_ROWS /* k_matmul_packed: kernels.c's row loop with tile_q4_0 */
@@ -527,22 +537,11 @@ static inline int64_t pack_token_bytes(int64_t nb) { return nb / 8 * DL_PACK_GRO
 
 static inline __attribute__((always_inline)) void pack_group8(uint8_t *o, const block_q8_0 *x) {
     const __m256i c8 = _mm256_set1_epi8(8), ones = _mm256_set1_epi16(1);
-    /* X[j] (j < 8): dword b = bytes 4j..4j+3 of block b; an 8 x 8 transpose of dwords */
-    __m256i a[8], t[8], u[8];
-    for (int k = 0; k < 4; k++) {
-        a[2 * k] = load2x16(x[k].q, x[k + 4].q);           /* dwords 0..3 of blocks k | k + 4 */
-        a[2 * k + 1] = load2x16(x[k].q + 16, x[k + 4].q + 16); /* dwords 4..7 */
-    }
-    for (int h = 0; h < 2; h++) {
-        t[4 * h + 0] = _mm256_unpacklo_epi32(a[h], a[2 + h]);
-        t[4 * h + 1] = _mm256_unpackhi_epi32(a[h], a[2 + h]);
-        t[4 * h + 2] = _mm256_unpacklo_epi32(a[4 + h], a[6 + h]);
-        t[4 * h + 3] = _mm256_unpackhi_epi32(a[4 + h], a[6 + h]);
-        u[4 * h + 0] = _mm256_unpacklo_epi64(t[4 * h + 0], t[4 * h + 2]);
-        u[4 * h + 1] = _mm256_unpackhi_epi64(t[4 * h + 0], t[4 * h + 2]);
-        u[4 * h + 2] = _mm256_unpacklo_epi64(t[4 * h + 1], t[4 * h + 3]);
-        u[4 * h + 3] = _mm256_unpackhi_epi64(t[4 * h + 1], t[4 * h + 3]);
-    }
+    /* X[j]: dword b = dword j of block b's 32 values, the values 0..15 (dwords 0..3) and 16..31 apart */
+    __m256i u[8];
+    transpose4(u, load2x16(x[0].q, x[4].q), load2x16(x[1].q, x[5].q), load2x16(x[2].q, x[6].q), load2x16(x[3].q, x[7].q));
+    transpose4(u + 4, load2x16(x[0].q + 16, x[4].q + 16), load2x16(x[1].q + 16, x[5].q + 16), load2x16(x[2].q + 16, x[6].q + 16),
+               load2x16(x[3].q + 16, x[7].q + 16));
     __m256i s = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++) {
         _mm256_storeu_si256((__m256i *)(o + 32 * j), u[j]);
@@ -562,15 +561,12 @@ static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
 
 /* The nibbles of 8 Q4_0 blocks at w in the packed activations' order: q[j] (j < 4) holds values
  * 4j..4j+3 of block b in dword b, q[j + 4] values 16+4j..16+4j+3 (the high nibbles of the same bytes).
- * A 4 x 4 transpose of dwords in each 128-bit half, blocks k and k + 4 sharing a register. */
+ * Blocks k and k + 4 share a register, transposed per half (transpose4). */
 static inline __attribute__((always_inline)) void q4_unpack8(__m256i q[8], const uint8_t *w) {
     const __m256i m4 = _mm256_set1_epi8(15);
-    const __m256i a0 = load2x16(w + 2, w + 4 * 18 + 2), a1 = load2x16(w + 18 + 2, w + 5 * 18 + 2),
-                  a2 = load2x16(w + 2 * 18 + 2, w + 6 * 18 + 2), a3 = load2x16(w + 3 * 18 + 2, w + 7 * 18 + 2);
-    const __m256i t0 = _mm256_unpacklo_epi32(a0, a1), t1 = _mm256_unpackhi_epi32(a0, a1), t2 = _mm256_unpacklo_epi32(a2, a3),
-                  t3 = _mm256_unpackhi_epi32(a2, a3);
-    const __m256i d[4] = {_mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2), _mm256_unpacklo_epi64(t1, t3),
-                          _mm256_unpackhi_epi64(t1, t3)};
+    __m256i d[4];
+    transpose4(d, load2x16(w + 2, w + 4 * 18 + 2), load2x16(w + 18 + 2, w + 5 * 18 + 2), load2x16(w + 2 * 18 + 2, w + 6 * 18 + 2),
+               load2x16(w + 3 * 18 + 2, w + 7 * 18 + 2));
     for (int j = 0; j < 4; j++) {
         q[j] = _mm256_and_si256(d[j], m4);
         q[j + 4] = _mm256_and_si256(_mm256_srli_epi16(d[j], 4), m4);
