@@ -685,7 +685,8 @@ static inline __attribute__((always_inline)) void tile_unpacked(float *s, float 
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *ug = u + g * DL_UNPACKED_GROUP_BYTES, *pg = p + g * DL_PACK_GROUP_BYTES;
         /* the 8 registers of nibbles j against each token, summed in int16 (at most 16 products of
-         * 15 * 128 per lane); j = 0 starts the sums, the rest is a loop (unrolled, the compiler spills) */
+         * 15 * 128 per lane); j = 0 starts the sums, the rest stays a loop: unrolled, clang spilled the
+         * sums and a tile took 17 cycles per row, token and group instead of 8.5 */
         __m256i s8[DL_BLOCKED_ROWS][DL_BLOCKED_TOKENS];
         {
             __m256i q[DL_BLOCKED_ROWS];
