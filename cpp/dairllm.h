@@ -92,7 +92,8 @@ int dl_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, co
 /* ---- normalisation and activations (float32) -------------------------------------------- */
 /* Element-wise and row-wise kernels may run in place: out may equal an input (not overlap it partly).
  * Per row of n: out = x * (1 / sqrtf(mean(x^2) + eps)) * w   (w may be NULL: no weight).
- * Squares are float32, summed in double; the mean is rounded to float32 (as llama.cpp). */
+ * Squares are float32, summed in double (the scalar reference in order, as llama.cpp; the SIMD variants
+ * in 8 running sums, a few double ulps apart); the mean is rounded to float32 (as llama.cpp). */
 int dl_rmsnorm(float *out, const float *x, const float *w, int64_t n, int64_t n_rows, float eps, dl_ctx *ctx);
 /* Per row of n: out = softmax(x) (max subtracted). */
 int dl_softmax(float *out, const float *x, int64_t n, int64_t n_rows, dl_ctx *ctx);
