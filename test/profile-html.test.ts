@@ -71,6 +71,7 @@ function report(): ProfileReport {
     decode: { tokens: 64, seconds: 3.14, tokensPerSecond: 20.4, msPerToken: 49.1 },
     overhead: { nsPerTimer: 38, timersPerToken: 1300, share: 0.001 },
     perNode,
+    promptNodes: [node("root", "root", specs(true, 0.2, 0)), node("worker 10.0.0.2:9998", "worker", specs(false, 0.3, 0)), node(HOSTILE, "worker", specs(false, 0.3, 0))],
     balance: balanceOf(perNode),
   };
 }
@@ -134,7 +135,7 @@ describe("renderHtml", () => {
   const html = renderHtml(r);
 
   test("the synthetic report is like the profiler's: each node's rows sum to 1", () => {
-    for (const n of r.perNode) expect(n.ops.reduce((s, o) => s + o.share, 0)).toBeCloseTo(1, 9);
+    for (const n of [...r.perNode, ...r.promptNodes]) expect(n.ops.reduce((s, o) => s + o.share, 0)).toBeCloseTo(1, 9);
   });
 
   test("every string from the report is escaped", () => {
@@ -162,9 +163,10 @@ describe("renderHtml", () => {
     for (const s of ["llama · Q4_0 · 1.10B params · 22 layers", "kernels avx2 · 4 threads · 3 nodes · wire q8_0", "prompt <b>29.3</b> tokens/s", "decode <b>20.4</b> tokens/s (<b>49.1</b> ms/token)"]) expect(html).toContain(s);
   });
 
-  test("one bar per node, one segment per non-zero row, with tooltips", () => {
-    expect(html.match(/class="bar"/g)?.length).toBe(3);
-    const segs = r.perNode.reduce((s, n) => s + n.ops.filter((o) => o.share > 0).length, 0);
+  test("one bar per node for a decoded token and one for the prompt, one segment per non-zero row, with tooltips", () => {
+    expect(html.match(/class="bar"/g)?.length).toBe(6);
+    expect(html).toContain("<h2>The prompt: 12 tokens as one batch <small>per prompt token</small></h2>");
+    const segs = [...r.perNode, ...r.promptNodes].reduce((s, n) => s + n.ops.filter((o) => o.share > 0).length, 0);
     expect(html.match(/class="seg"/g)?.length).toBe(segs);
     const q = r.perNode[0]?.ops.find((o) => o.op === "attn_q");
     expect(q).toBeDefined();
@@ -231,10 +233,11 @@ describe("in headless Chromium", () => {
     const got = JSON.parse(res.result.value) as { scripts: number; bars: { node: string; width: number; segs: { op: string; width: number }[] }[] };
 
     expect(got.scripts).toBe(0);
-    expect(got.bars.map((b) => b.node)).toEqual(r.perNode.map((n) => n.name));
+    const nodes = [...r.perNode, ...r.promptNodes]; // the decode bars, then the prompt's
+    expect(got.bars.map((b) => b.node)).toEqual(nodes.map((n) => n.name));
     let maxdiff = 0;
     for (const [i, bar] of got.bars.entries()) {
-      const ops = r.perNode[i]?.ops.filter((o) => o.share > 0) ?? [];
+      const ops = nodes[i]?.ops.filter((o) => o.share > 0) ?? [];
       expect(bar.width).toBeGreaterThan(200);
       expect(bar.segs.map((s) => s.op)).toEqual(ops.map((o) => o.op));
       for (const [j, seg] of bar.segs.entries()) {

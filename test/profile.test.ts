@@ -45,7 +45,7 @@ const OP_IDS = [...OPS.map((o) => o.id), "unaccounted"];
 
 /** The shape of --json, pinned: changing it breaks users' scripts. */
 function checkShape(r: ProfileReport, nodes: number): void {
-  expect(Object.keys(r).sort()).toEqual(["balance", "decode", "kernels", "model", "nodes", "overhead", "perNode", "prompt", "schema", "threads", "wire"]);
+  expect(Object.keys(r).sort()).toEqual(["balance", "decode", "kernels", "model", "nodes", "overhead", "perNode", "prompt", "promptNodes", "schema", "threads", "wire"]);
   if (nodes === 1) expect(r.balance).toBeNull();
   else {
     expect(Object.keys(r.balance!).sort()).toEqual(["nodes", "predictedMs", "spread", "suggestedSplit"]);
@@ -67,7 +67,8 @@ function checkShape(r: ProfileReport, nodes: number): void {
   expect(Object.keys(r.overhead).sort()).toEqual(["nsPerTimer", "share", "timersPerToken"]);
   expect(r.nodes).toBe(nodes);
   expect(r.perNode.length).toBe(nodes);
-  for (const n of r.perNode) {
+  expect(r.promptNodes.map((n) => n.name)).toEqual(r.perNode.map((n) => n.name));
+  for (const n of [...r.perNode, ...r.promptNodes]) {
     expect(Object.keys(n).sort()).toEqual(NODE_KEYS);
     expect(Object.keys(n.groups).sort()).toEqual(["compression", "compute", "io", "network", "typescript", "unaccounted"]);
     expect(n.ops.map((o) => o.op)).toEqual(OP_IDS);
@@ -109,9 +110,19 @@ describe("profile command", () => {
     expect(row(root, "rope").gbPerSecond).toBeNull();
     expect(report.wire).toBeNull();
     expect(report.overhead.share).toBeLessThan(0.05);
+    // the prompt, one batch: each layer's operations once for all its tokens, its rows summing to
+    // the prompt's time, the same time as the report's prompt figure
+    const prompt = report.promptNodes[0]!;
+    checkSums(prompt);
+    expect(prompt.wallMsPerToken).toBeCloseTo((report.prompt.seconds * 1000) / report.prompt.tokens, 6);
+    expect(row(prompt, "attn_q").callsPerToken).toBeCloseTo(6 / report.prompt.tokens, 9);
+    expect(row(prompt, "logits").callsPerToken).toBeCloseTo(1 / report.prompt.tokens, 9);
+    expect(row(prompt, "sampling").callsPerToken).toBe(0);
+    expect(row(prompt, "ffn_down").msPerToken).toBeGreaterThan(0);
     // the tables went to stderr
     expect(r.err).toContain("root:");
     expect(r.err).toContain("feed-forward gate");
+    expect(r.err).toMatch(/the prompt \(\d+ tokens as one batch\), per prompt token:/);
   });
 
   test("root + 2 workers: one table per node, each worker's own operations, network vs compute", async () => {
@@ -124,6 +135,11 @@ describe("profile command", () => {
     expect(report.wire).toBe("q8_0");
     expect(report.perNode.map((n) => n.role)).toEqual(["root", "worker", "worker"]);
     expect(report.perNode.slice(1).map((n) => n.name)).toEqual(addrs.map((a) => `worker ${a}`));
+    for (const n of report.promptNodes) {
+      checkSums(n);
+      expect(row(n, "ffn_up").callsPerToken).toBeCloseTo(6 / report.prompt.tokens, 9);
+      expect(row(n, "network_wait").callsPerToken).toBeGreaterThan(0);
+    }
     for (const n of report.perNode) {
       checkSums(n);
       expect(row(n, "attn_q").callsPerToken).toBe(6);

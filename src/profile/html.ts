@@ -1,5 +1,6 @@
 // The profile report as one self-contained HTML page: a title with the model and the speeds, one
-// stacked bar per node (where a token's time goes), a legend, and a table per node. Static HTML and
+// stacked bar per node (where a token's time goes), a legend, a table per node, and a bar per node for
+// the prompt's batch. Static HTML and
 // CSS only (no script, nothing fetched), so it reads the same with JavaScript off. Every string from
 // the report is escaped: node names and paths are user input.
 import { balanceLines } from "./balance";
@@ -27,7 +28,7 @@ interface Colour {
 type Palette = Map<string, { row: OpRow; colour: Colour }>;
 
 export function renderHtml(report: ProfileReport): string {
-  const colours = colourOps(report.perNode);
+  const colours = colourOps([...report.perNode, ...report.promptNodes]);
   const { model, prompt, decode, overhead } = report;
   const name = basename(model.path);
   return `<!doctype html>
@@ -48,6 +49,10 @@ ${report.perNode.map((node) => bar(node, colours)).join("\n")}
 </section>
 ${legend(colours)}
 ${report.perNode.map((node) => table(node, colours)).join("\n")}
+<h2>The prompt: ${prompt.tokens} tokens as one batch <small>per prompt token</small></h2>
+<section class="bars">
+${report.promptNodes.map((node) => bar(node, colours)).join("\n")}
+</section>
 ${report.balance ? `<h2>Balance</h2>\n<pre class="balance">${esc(balanceLines(report.balance).slice(1).join("\n"))}</pre>` : ""}
 <p class="note">${esc(`Model ${model.path}. ${prompt.tokens} prompt tokens in ${fixed(prompt.seconds, 2)} s, ${decode.tokens} decoded in ${fixed(decode.seconds, 2)} s. Profiler overhead: ${fixed(overhead.nsPerTimer, 0)} ns per timer × ${fixed(overhead.timersPerToken, 0)} timers per token = ${pct(overhead.share)} % of a token.`)}</p>
 </body>

@@ -23,7 +23,7 @@ export interface NodeProfile {
   /** "root", or "worker 10.0.0.2:9998" */
   name: string;
   role: "root" | "worker";
-  /** the node's measured wall time per decoded token */
+  /** the node's measured wall time per decoded token (per prompt token in promptNodes) */
   wallMsPerToken: number;
   /** rows in a fixed order, zero rows included; the last row is "unaccounted" */
   ops: OpRow[];
@@ -43,6 +43,9 @@ export interface ProfileReport {
   /** the profiler's own cost: ns per timed call, calls per token, and the share of a token it adds */
   overhead: { nsPerTimer: number; timersPerToken: number; share: number };
   perNode: NodeProfile[];
+  /** the prompt, evaluated as one batch before the decoded tokens: the same rows per node, per prompt
+   *  token (wallMsPerToken = the node's prompt time / prompt tokens) */
+  promptNodes: NodeProfile[];
   /** a cluster's balance (null on one node): how fast each node read its weights, and the --split
    *  weights that would make their weight reading take equally long */
   balance: BalanceReport | null;

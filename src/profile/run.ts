@@ -38,12 +38,18 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
   const sampler = new Sampler(o.sampler);
   sampler.accept(prompt);
 
+  // the prompt as one batch, its operations counted apart from the decoded tokens'
+  await e.peers?.workerCounters(true);
+  prof.reset();
   let t0 = performance.now();
   let logits = await e.model.forward(prompt, 0, cache);
   const promptSeconds = (performance.now() - t0) / 1000;
+  const promptRoot = countersOf(prof);
+  const promptWorkers: Counters[] = (await e.peers?.workerCounters(true)) ?? [];
+  const promptNodes: NodeProfile[] = [nodeProfile("root", "root", promptRoot, promptSeconds * 1e9, prompt.length)];
+  promptWorkers.forEach((c, i) => promptNodes.push(nodeProfile(e.peers!.conns[i]!.peer, "worker", c, c.elapsedNs, prompt.length)));
 
   // the profiled window: N x (sample, forward one token), on every node
-  await e.peers?.workerCounters(true);
   prof.reset();
   t0 = performance.now();
   for (let i = 0; i < o.tokens; i++) {
@@ -77,13 +83,32 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
     decode: { tokens: o.tokens, seconds: wallNs / 1e9, tokensPerSecond: o.tokens / (wallNs / 1e9), msPerToken },
     overhead: { nsPerTimer: nsPerCall, timersPerToken: timed, share: (nsPerCall * timed) / 1e6 / msPerToken },
     perNode,
+    promptNodes,
     balance: perNode.length > 1 ? balanceOf(perNode, { config: e.config, weights: e.model.weights, align: alignmentOf(e.model.weights) }, e.peers!.weights) : null,
   };
 }
 
 const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
 
-/** The report as text: a header, then per node a table of the operations that ran. */
+/** One node's rows (the operations that ran) and its groups, per `unit` ("token", "prompt token"). */
+function nodeTable(n: NodeProfile, unit: string): string[] {
+  const lines = [`  ${"operation".padEnd(38)} ${"share".padStart(6)} ${"ms/token".padStart(9)} ${"calls/token".padStart(11)} ${"GB/s".padStart(6)}`];
+  for (const row of n.ops) {
+    if (row.op !== "unaccounted" && row.callsPerToken === 0 && row.msPerToken === 0) continue;
+    lines.push(
+      `  ${row.label.padEnd(38)} ${pct(row.share).padStart(6)} ${row.msPerToken.toFixed(3).padStart(9)} ${(row.callsPerToken ? row.callsPerToken.toFixed(1) : "").padStart(11)} ${(row.gbPerSecond === null ? "" : row.gbPerSecond.toFixed(1)).padStart(6)}`,
+    );
+  }
+  const g = n.groups;
+  lines.push(
+    `  per ${unit}: compute ${g.compute.toFixed(2)} ms, compression ${g.compression.toFixed(2)} ms, network ${g.network.toFixed(2)} ms` +
+      `${g.io ? `, disk ${g.io.toFixed(2)} ms` : ""}, TypeScript ${g.typescript.toFixed(2)} ms, unaccounted ${g.unaccounted.toFixed(2)} ms`,
+  );
+  return lines;
+}
+
+/** The report as text: a header, per node a table of the operations that ran for a decoded token, the
+ *  cluster's balance, then per node the same table for the prompt's batch. */
 export function formatProfile(r: ProfileReport): string {
   const m = r.model;
   const lines = [
@@ -93,25 +118,13 @@ export function formatProfile(r: ProfileReport): string {
       `decode: ${r.decode.tokens} tokens, ${r.decode.msPerToken.toFixed(2)} ms/token (${r.decode.tokensPerSecond.toFixed(1)} tokens/s)`,
     `profiler cost: ${r.overhead.timersPerToken.toFixed(0)} timed calls/token x ${r.overhead.nsPerTimer.toFixed(0)} ns = ${pct(r.overhead.share)} of a token on the root`,
   ];
-  for (const n of r.perNode) {
-    lines.push("", `${n.name}: ${n.wallMsPerToken.toFixed(2)} ms per token`);
-    lines.push(`  ${"operation".padEnd(38)} ${"share".padStart(6)} ${"ms/token".padStart(9)} ${"calls/token".padStart(11)} ${"GB/s".padStart(6)}`);
-    for (const row of n.ops) {
-      if (row.op !== "unaccounted" && row.callsPerToken === 0 && row.msPerToken === 0) continue;
-      lines.push(
-        `  ${row.label.padEnd(38)} ${pct(row.share).padStart(6)} ${row.msPerToken.toFixed(3).padStart(9)} ${(row.callsPerToken ? row.callsPerToken.toFixed(1) : "").padStart(11)} ${(row.gbPerSecond === null ? "" : row.gbPerSecond.toFixed(1)).padStart(6)}`,
-      );
-    }
-    const g = n.groups;
-    lines.push(
-      `  per token: compute ${g.compute.toFixed(2)} ms, compression ${g.compression.toFixed(2)} ms, network ${g.network.toFixed(2)} ms` +
-        `${g.io ? `, disk ${g.io.toFixed(2)} ms` : ""}, TypeScript ${g.typescript.toFixed(2)} ms, unaccounted ${g.unaccounted.toFixed(2)} ms`,
-    );
-  }
+  for (const n of r.perNode) lines.push("", `${n.name}: ${n.wallMsPerToken.toFixed(2)} ms per token`, ...nodeTable(n, "token"));
   if (r.nodes > 1) {
     lines.push("", "network vs compute per token:");
     for (const n of r.perNode) lines.push(`  ${n.name.padEnd(28)} network ${n.groups.network.toFixed(2).padStart(7)} ms (${pct(n.groups.network / n.wallMsPerToken)})   compute ${n.groups.compute.toFixed(2).padStart(7)} ms (${pct(n.groups.compute / n.wallMsPerToken)})`);
   }
   if (r.balance) lines.push("", ...balanceLines(r.balance));
+  lines.push("", `the prompt (${r.prompt.tokens} tokens as one batch), per prompt token:`);
+  for (const n of r.promptNodes) lines.push("", `${n.name}: ${n.wallMsPerToken.toFixed(3)} ms per prompt token`, ...nodeTable(n, "prompt token"));
   return lines.join("\n");
 }
