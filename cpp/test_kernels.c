@@ -199,9 +199,9 @@ static void test_scales(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
  * packed activations, several packed pieces when one token's packing is large). */
 static void test_batch(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
-    /* Q4_0 on AVX2: 768 and 4096 take the blocked path from 4 tokens on, 16384 is its largest row
-     * (64 groups of 8 blocks), 65536 and rows of whole blocks but not whole groups take the row tiles */
-    const int64_t nins[] = {32 * 5, 32 * 37, 32 * 24, 4096, 16384, 65536}, toks[] = {2, 4, 7, 8, 9, 17, 20};
+    /* Q4_0 on AVX2: 768 and 4096 take the blocked path from 4 tokens on, 32768 is its largest row
+     * (128 groups of 8 blocks), 65536 and rows of whole blocks but not whole groups take the row tiles */
+    const int64_t nins[] = {32 * 5, 32 * 37, 32 * 24, 4096, 32768, 65536}, toks[] = {2, 4, 7, 8, 9, 17, 20};
     for (int ti = 0; ti < 4; ti++)
         for (int ni = 0; ni < 6; ni++) {
             const int type = types[ti];
