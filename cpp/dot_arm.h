@@ -213,9 +213,24 @@ static inline int32x4_t dla_sum8(const block_q8_0 *x) {
 #define DL_HAVE_PACKED_Q4_0
 #define DL_PACK_MIN_TOKENS 1
 #define DL_PACKED_BY_ROWS /* k_matmul_packed: kernels.c's row loop with tile_q4_0 */
+#ifdef __ARM_FEATURE_DOTPROD
+/* with dotprod a group also carries its 128 values transposed for the batch path (matmul_blocked_q4_0) */
+#define DL_PACK_GROUP_BYTES 160
+#else
 #define DL_PACK_GROUP_BYTES 32
+#endif
 /* bytes of one packed token of nb blocks (whole groups of 4 only) */
 static inline int64_t pack_token_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES; }
+
+/* d[j] = word j of a0, a1, a2, a3: a 4 x 4 transpose of 32-bit words */
+static inline __attribute__((always_inline)) void dla_transpose4(int8x16_t d[4], int8x16_t a0, int8x16_t a1, int8x16_t a2, int8x16_t a3) {
+    const int32x4_t t0 = vtrn1q_s32(vreinterpretq_s32_s8(a0), vreinterpretq_s32_s8(a1)), t1 = vtrn2q_s32(vreinterpretq_s32_s8(a0), vreinterpretq_s32_s8(a1)),
+                    t2 = vtrn1q_s32(vreinterpretq_s32_s8(a2), vreinterpretq_s32_s8(a3)), t3 = vtrn2q_s32(vreinterpretq_s32_s8(a2), vreinterpretq_s32_s8(a3));
+    d[0] = vreinterpretq_s8_s64(vtrn1q_s64(vreinterpretq_s64_s32(t0), vreinterpretq_s64_s32(t2)));
+    d[1] = vreinterpretq_s8_s64(vtrn1q_s64(vreinterpretq_s64_s32(t1), vreinterpretq_s64_s32(t3)));
+    d[2] = vreinterpretq_s8_s64(vtrn2q_s64(vreinterpretq_s64_s32(t0), vreinterpretq_s64_s32(t2)));
+    d[3] = vreinterpretq_s8_s64(vtrn2q_s64(vreinterpretq_s64_s32(t1), vreinterpretq_s64_s32(t3)));
+}
 
 static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
     for (int64_t t = 0; t < n_tok; t++) {
@@ -224,6 +239,15 @@ static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
         for (int64_t b = 0; b + 4 <= nb; b += 4, o += DL_PACK_GROUP_BYTES) {
             vst1q_s32((int32_t *)o, dla_sum8(xt + b));
             vst1q_f32((float *)(o + 16), dla_scales4((const uint8_t *)(xt + b), sizeof(block_q8_0)));
+#ifdef __ARM_FEATURE_DOTPROD
+            /* X[j]: word k = values 4j..4j+3 of block k (j < 4), then values 16 + 4(j-4).. */
+            int8x16_t xl[4], xh[4], u[4];
+            dla_load4(xl, xh, xt + b);
+            dla_transpose4(u, xl[0], xl[1], xl[2], xl[3]);
+            for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 32 + 16 * j), u[j]);
+            dla_transpose4(u, xh[0], xh[1], xh[2], xh[3]);
+            for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 96 + 16 * j), u[j]);
+#endif
         }
     }
 }
@@ -312,6 +336,128 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     tile_q4_0_impl(s, w, stride, R, NULL, 0, x, T, nb, 0);
 }
+
+#ifdef __ARM_FEATURE_DOTPROD
+/*
+ * Q4_0 batches with dotprod (4 tokens or more, rows of whole groups up to 32768 values): the weights of
+ * a row are unpacked once per batch into a stack buffer, transposed like the packed activations (per
+ * group of 4 blocks, 144 bytes: 8 registers whose word k holds 4 nibbles of block k, then the 4 scales
+ * as floats), so that 8 SDOT accumulate the 4 blocks' dots straight into the 4 lanes of one register:
+ * no zeroing per block and no pairwise adds, where the tile needs 4 zeroed registers and 3 ADDP per
+ * group. Per (row, token) the integers and the float operations are the tile's, in the same order,
+ * so a batch gives the same bits as its tokens one at a time.
+ */
+#define DL_HAVE_MATMUL_BLOCKED
+#define DLA_BLOCKED_MIN_TOKENS 4
+#define DLA_BLOCKED_MAX_GROUPS 256 /* n_in <= 32768: 36 KiB of stack per row */
+#define DLA_UNPACKED_GROUP_BYTES 144
+#define DLA_BR 2 /* rows */
+#define DLA_BT 3 /* tokens */
+
+static inline void dla_unpack_row_q4_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q4_0)) {
+        int8x16_t lo[4], hi[4], u[4];
+        for (int j = 0; j < 4; j++) {
+            const uint8x16_t v = vld1q_u8(wr + j * sizeof(block_q4_0) + 2);
+            lo[j] = vreinterpretq_s8_u8(vandq_u8(v, m4));
+            hi[j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
+        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
+        dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
+        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
+        vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q4_0)));
+    }
+}
+
+/* R unpacked rows (u, ustride apart) against T packed tokens (p, pstride apart), ng groups, into
+ * s[t * R + r] (the groups only: the caller adds the blocks after the last whole group) */
+static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, const uint8_t *u, int64_t ustride, const int R,
+                                                                    const uint8_t *p, int64_t pstride, const int T, int64_t ng) {
+    float32x4_t acc[DLA_BR][DLA_BT];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *ug = u + g * DLA_UNPACKED_GROUP_BYTES, *pg = p + g * DL_PACK_GROUP_BYTES;
+        int32x4_t d[DLA_BR][DLA_BT];
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) d[r][t] = vdupq_n_s32(0);
+        DL_UNROLL for (int j = 0; j < 8; j++) {
+            int8x16_t wv[DLA_BR];
+            for (int r = 0; r < R; r++) wv[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 16 * j));
+            for (int t = 0; t < T; t++) {
+                const int8x16_t xv = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 16 * j));
+                for (int r = 0; r < R; r++) d[r][t] = vdotq_s32(d[r][t], wv[r], xv);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            const int32x4_t m8 = vld1q_s32((const int32_t *)(pg + t * pstride));
+            const float32x4_t dx = vld1q_f32((const float *)(pg + t * pstride + 16));
+            for (int r = 0; r < R; r++) {
+                const float32x4_t sw = vld1q_f32((const float *)(ug + r * ustride + 128));
+                acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(vsubq_s32(d[r][t], m8)), vmulq_f32(sw, dx));
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) s[t * R + r] = vaddvq_f32(acc[r][t]);
+}
+#define DLA_TILE_UNPACKED(R, T)                                                                                      \
+    static __attribute__((noinline)) void dla_tile_unpacked_##R##x##T(float *s, const uint8_t *u, int64_t ustride,    \
+                                                                      const uint8_t *p, int64_t pstride, int64_t ng) { \
+        dla_tile_unpacked(s, u, ustride, R, p, pstride, T, ng);                                                      \
+    }
+DLA_TILE_UNPACKED(2, 3)
+DLA_TILE_UNPACKED(2, 1)
+DLA_TILE_UNPACKED(1, 3)
+DLA_TILE_UNPACKED(1, 1)
+#undef DLA_TILE_UNPACKED
+
+/* Rows [ra, rb) of a Q4_0 matmul against n_tok packed tokens (x: the same tokens as Q8_0 rows, for the
+ * blocks after the last whole group); 0 when the shape is not for this path. */
+static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    const int64_t nb = n_in / QK, ng = nb / 4, pstride = pack_token_bytes(nb);
+    if (n_tok < DLA_BLOCKED_MIN_TOKENS || ng > DLA_BLOCKED_MAX_GROUPS || ng == 0) return 0;
+    enum { R = DLA_BR, T = DLA_BT };
+    __attribute__((aligned(16))) uint8_t u[R][DLA_BLOCKED_MAX_GROUPS * DLA_UNPACKED_GROUP_BYTES];
+    const int64_t ustride = DLA_BLOCKED_MAX_GROUPS * DLA_UNPACKED_GROUP_BYTES;
+    const uint8_t *pk = (const uint8_t *)packed, *wb = (const uint8_t *)w;
+    const block_q8_0 *xq = (const block_q8_0 *)x;
+    float s[R * T];
+    /* the tile's tail: blocks after the last whole group, by the reference, as tile_q4_0 does */
+#define TAIL(rr, tt) (4 * ng < nb ? dot_q4_0_ref((const block_q4_0 *)(wb + (rr) * ldw) + 4 * ng, xq + (tt) * nb + 4 * ng, nb - 4 * ng) : 0.0f)
+    int64_t r = ra;
+    for (; r + R <= rb; r += R) {
+        for (int i = 0; i < R; i++) dla_unpack_row_q4_0(u[i], wb + (r + i) * ldw, ng);
+        int64_t t = 0;
+        for (; t + T <= n_tok; t += T) {
+            dla_tile_unpacked_2x3(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            for (int j = 0; j < T; j++)
+                for (int i = 0; i < R; i++) out[(t + j) * ldo + (r + i - r0)] = s[j * R + i] + TAIL(r + i, t + j);
+        }
+        for (; t < n_tok; t++) {
+            dla_tile_unpacked_2x1(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            for (int i = 0; i < R; i++) out[t * ldo + (r + i - r0)] = s[i] + TAIL(r + i, t);
+        }
+    }
+    for (; r < rb; r++) {
+        dla_unpack_row_q4_0(u[0], wb + r * ldw, ng);
+        int64_t t = 0;
+        for (; t + T <= n_tok; t += T) {
+            dla_tile_unpacked_1x3(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            for (int j = 0; j < T; j++) out[(t + j) * ldo + (r - r0)] = s[j] + TAIL(r, t + j);
+        }
+        for (; t < n_tok; t++) {
+            dla_tile_unpacked_1x1(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            out[t * ldo + (r - r0)] = s[0] + TAIL(r, t);
+        }
+    }
+#undef TAIL
+    return 1;
+}
+#endif
 
 /* Q8_0 x Q8_0 on the same tile: each block's exact int32 dot (dla_dot_q8), a group's 4 reduced into
  * one vector (lane j = block j), converted once and multiplied by the 4 blocks' d_w * d_x. */

@@ -731,8 +731,9 @@ TILE_UNPACKED(1, 1)
 
 /* Rows [ra, rb) of a Q4_0 matmul against n_tok packed tokens; 0 when the shape is not for this path
  * (the caller then takes the row tiles). */
-static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, int64_t n_in,
-                               int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    (void)x; /* only whole groups take this path */
     const int64_t nb = n_in / QK, ng = nb / 8, pstride = pack_token_bytes(nb);
     if (n_tok < DL_BLOCKED_MIN_TOKENS || nb % 8 || ng > DL_BLOCKED_MAX_GROUPS || pstride % 32 || (uintptr_t)packed % 32) return 0;
     enum { R = DL_BLOCKED_ROWS, T = DL_BLOCKED_TOKENS };

@@ -199,7 +199,7 @@ DOT2_GENERIC(dot_bf16)
 static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
                             int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
 #ifdef DL_HAVE_MATMUL_BLOCKED
-    if (matmul_blocked_q4_0(out, ldo, w, ldw, packed, n_in, r0, ra, rb, n_tok)) return;
+    if (matmul_blocked_q4_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
 #endif
     const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
 #define DOTR_PACKED(s, wr, stride, R, xt, T, nb_)                                                     \
