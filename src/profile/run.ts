@@ -27,6 +27,15 @@ function callCostNs(): number {
   return (Bun.nanoseconds() - t0) / n;
 }
 
+/** One table per node for the window just measured (the root's wall time `rootWallNs`, each worker's its
+ *  own), per token over `tokens`; `reset` clears the workers' counters for the next window. */
+async function nodeTables(e: Engine, rootWallNs: number, tokens: number, reset: boolean): Promise<NodeProfile[]> {
+  const nodes = [nodeProfile("root", "root", countersOf(e.prof!), rootWallNs, tokens)];
+  const workers: Counters[] = (await e.peers?.workerCounters(reset)) ?? [];
+  workers.forEach((c, i) => nodes.push(nodeProfile(e.peers!.conns[i]!.peer, "worker", c, c.elapsedNs, tokens)));
+  return nodes;
+}
+
 export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileReport> {
   const prof = e.prof;
   if (!prof) throw new Error("runProfile: open the engine with { profile: true }");
@@ -44,10 +53,7 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
   let t0 = performance.now();
   let logits = await e.model.forward(prompt, 0, cache);
   const promptSeconds = (performance.now() - t0) / 1000;
-  const promptRoot = countersOf(prof);
-  const promptWorkers: Counters[] = (await e.peers?.workerCounters(true)) ?? [];
-  const promptNodes: NodeProfile[] = [nodeProfile("root", "root", promptRoot, promptSeconds * 1e9, prompt.length)];
-  promptWorkers.forEach((c, i) => promptNodes.push(nodeProfile(e.peers!.conns[i]!.peer, "worker", c, c.elapsedNs, prompt.length)));
+  const promptNodes = await nodeTables(e, promptSeconds * 1e9, prompt.length, true);
 
   // the profiled window: N x (sample, forward one token), on every node
   prof.reset();
@@ -61,10 +67,7 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
   }
   const wallNs = (performance.now() - t0) * 1e6;
   const root = countersOf(prof);
-  const workers: Counters[] = (await e.peers?.workerCounters(false)) ?? [];
-
-  const perNode: NodeProfile[] = [nodeProfile("root", "root", root, wallNs, o.tokens)];
-  workers.forEach((c, i) => perNode.push(nodeProfile(e.peers!.conns[i]!.peer, "worker", c, c.elapsedNs, o.tokens)));
+  const perNode = await nodeTables(e, wallNs, o.tokens, false);
 
   const timed = root.calls.reduce((a, b) => a + b, 0) / o.tokens;
   const nsPerCall = callCostNs();
