@@ -388,7 +388,7 @@ static void matmul_part(void *p, int64_t ith, int64_t nth) {
     split_range(t->r1 - t->r0, nth, ith, &a, &b);
     if (a >= b) return;
     if (t->packed)
-        t->k->matmul_packed(t->out, t->ldo, t->w, t->ldw, t->packed, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
+        t->k->matmul_packed(t->out, t->ldo, t->w, t->ldw, t->wtype, t->packed, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
     else
         t->k->matmul(t->out, t->ldo, t->w, t->ldw, t->wtype, t->x, t->n_in, t->r0, t->r0 + a, t->r0 + b, t->n_tok);
 }
@@ -411,7 +411,9 @@ static void pack_part(void *p, int64_t ith, int64_t nth) {
  * variant does not pack, packs only batches of more tokens, a row is shorter than the packing's
  * group, or one token does not fit. */
 static int64_t packed_tokens(const dl_ctx *ctx, int wtype, int64_t n_in, int64_t n_tok) {
-    if (!ctx->scratch || wtype != DL_TYPE_Q4_0 || n_tok < ctx->k->pack_min_tokens || n_in / QK < 4) return 0;
+    if (!ctx->scratch || n_in / QK < 4) return 0;
+    const int64_t least = wtype == DL_TYPE_Q4_0 ? ctx->k->pack_min_tokens : wtype == DL_TYPE_Q8_0 ? ctx->k->pack_q8_0_min_tokens : 0;
+    if (least <= 0 || n_tok < least) return 0;
     const int64_t per = ctx->k->pack_bytes(n_in / QK);
     if (per <= 0) return 0;
     const int64_t fit = DL_SCRATCH_BYTES / per;

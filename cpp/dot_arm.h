@@ -206,19 +206,17 @@ static inline int32x4_t dla_sum8(const block_q8_0 *x) {
 /*
  * The activation side of a group (8 * the sums of its 4 blocks, their 4 scales as floats) does not
  * depend on the weight rows: dl_matmul packs it once per call for every token (k_pack_q8_0, in the
- * context's scratch; DL_PACK_GROUP_BYTES per group of 4 blocks, the values themselves are read from
- * the Q8_0 rows) instead of once per 4 rows. The unpacked entry (dotr_q4_0, p = NULL) computes the
+ * context's scratch; DL_PACK_GROUP_BYTES per group of 4 blocks; the tile reads the values themselves
+ * from the Q8_0 rows) instead of once per 4 rows. The unpacked entry (dotr_q4_0, p = NULL) computes the
  * same values on the fly, so both give the same bits.
  */
 #define DL_HAVE_PACKED_Q4_0
 #define DL_PACK_MIN_TOKENS 1
 #define DL_PACKED_BY_ROWS /* k_matmul_packed: kernels.c's row loop with tile_q4_0 */
-#ifdef __ARM_FEATURE_DOTPROD
-/* with dotprod a group also carries its 128 values transposed for the batch path (matmul_blocked_q4_0) */
+/* a group also carries its 128 values for the batch path (matmul_blocked_q4_0): transposed with dotprod
+ * (word k of register j = values 4j..4j+3 of block k), in order without (contiguous, where the Q8_0
+ * rows put the 34-byte blocks' values 2 bytes off: one paired load per block instead of two) */
 #define DL_PACK_GROUP_BYTES 160
-#else
-#define DL_PACK_GROUP_BYTES 32
-#endif
 /* bytes of one packed token of nb blocks (whole groups of 4 only) */
 static inline int64_t pack_token_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES; }
 
@@ -239,14 +237,20 @@ static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
         for (int64_t b = 0; b + 4 <= nb; b += 4, o += DL_PACK_GROUP_BYTES) {
             vst1q_s32((int32_t *)o, dla_sum8(xt + b));
             vst1q_f32((float *)(o + 16), dla_scales4((const uint8_t *)(xt + b), sizeof(block_q8_0)));
+            int8x16_t xl[4], xh[4];
+            dla_load4(xl, xh, xt + b);
 #ifdef __ARM_FEATURE_DOTPROD
             /* X[j]: word k = values 4j..4j+3 of block k (j < 4), then values 16 + 4(j-4).. */
-            int8x16_t xl[4], xh[4], u[4];
-            dla_load4(xl, xh, xt + b);
+            int8x16_t u[4];
             dla_transpose4(u, xl[0], xl[1], xl[2], xl[3]);
             for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 32 + 16 * j), u[j]);
             dla_transpose4(u, xh[0], xh[1], xh[2], xh[3]);
             for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 96 + 16 * j), u[j]);
+#else
+            for (int j = 0; j < 4; j++) {
+                vst1q_s8((int8_t *)(o + 32 + 32 * j), xl[j]);
+                vst1q_s8((int8_t *)(o + 48 + 32 * j), xh[j]);
+            }
 #endif
         }
     }
@@ -337,50 +341,66 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
     tile_q4_0_impl(s, w, stride, R, NULL, 0, x, T, nb, 0);
 }
 
-#ifdef __ARM_FEATURE_DOTPROD
 /*
- * Q4_0 batches with dotprod (4 tokens or more, rows of whole groups up to 32768 values): the weights of
- * a row are unpacked once per batch into a stack buffer, transposed like the packed activations (per
- * group of 4 blocks, 144 bytes: 8 registers whose word k holds 4 nibbles of block k, then the 4 scales
- * as floats), so that 8 SDOT accumulate the 4 blocks' dots straight into the 4 lanes of one register:
- * no zeroing per block and no pairwise adds, where the tile needs 4 zeroed registers and 3 ADDP per
- * group. Per (row, token) the integers and the float operations are the tile's, in the same order,
- * so a batch gives the same bits as its tokens one at a time.
+ * Q4_0 batches (4 tokens or more, rows of whole groups up to 32768 values): the weights of a row are
+ * unpacked once per batch into a stack buffer (per group of 4 blocks, 144 bytes: 128 bytes of nibbles,
+ * then the 4 scales as floats) and every token of the batch is taken against it, DLA_BT tokens and
+ * DLA_BR rows at a time, so the nibbles are split once per row instead of once per tile.
+ *  - dotprod: the nibbles are stored transposed like the packed activations (8 registers whose word k
+ *    holds 4 nibbles of block k), so 8 SDOT accumulate the 4 blocks' dots straight into the 4 lanes of
+ *    one register: no zeroing per block and no pairwise adds, where the tile needs 4 zeroed registers
+ *    and 3 ADDP per group.
+ *  - neon (no dotprod): the nibbles are stored in order (block j's low nibbles, then its high ones),
+ *    the activations packed in order too (paired loads), and the tile's widening multiplies and
+ *    pairwise adds take them: what the batch saves is the unpacking and most loads. Instructions per
+ *    row, token and block, 64 tokens (scripts/arm64-insns.sh --cpu cortex-a72): 13.56 -> 8.83.
+ * Per (row, token) the integers and the float operations are the tile's, in the same order, so a batch
+ * gives the same bits as its tokens one at a time.
  */
 #define DL_HAVE_MATMUL_BLOCKED
 #define DLA_BLOCKED_MIN_TOKENS 4
 #define DLA_BLOCKED_MAX_GROUPS 256 /* n_in <= 32768: 36 KiB of stack per row */
 #define DLA_UNPACKED_GROUP_BYTES 144
 #define DLA_BR 2 /* rows */
-#define DLA_BT 3 /* tokens */
+#define DLA_BT 3 /* tokens (without dotprod: 8.83 instructions per row, token and block; 2: 9.21, 2 x 3 rows: 9.18) */
 
 static inline void dla_unpack_row_q4_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
     const uint8x16_t m4 = vdupq_n_u8(15);
     for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q4_0)) {
-        int8x16_t lo[4], hi[4], u[4];
+        int8x16_t lo[4], hi[4];
         for (int j = 0; j < 4; j++) {
             const uint8x16_t v = vld1q_u8(wr + j * sizeof(block_q4_0) + 2);
             lo[j] = vreinterpretq_s8_u8(vandq_u8(v, m4));
             hi[j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
         }
+#ifdef __ARM_FEATURE_DOTPROD
+        int8x16_t u[4];
         dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
         for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
         dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
         for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
+#else
+        for (int j = 0; j < 4; j++) {
+            vst1q_s8((int8_t *)(o + 32 * j), lo[j]);
+            vst1q_s8((int8_t *)(o + 32 * j + 16), hi[j]);
+        }
+#endif
         vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q4_0)));
     }
 }
 
-/* R unpacked rows (u, ustride apart) against T packed tokens (p, pstride apart), ng groups, into
- * s[t * R + r] (the groups only: the caller adds the blocks after the last whole group) */
+/* R unpacked rows (u, ustride apart) against T packed tokens (p, pstride apart), ng groups, into s[t * R + r] (the groups only: the caller adds
+ * the blocks after the last whole group) */
 static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, const uint8_t *u, int64_t ustride, const int R,
-                                                                    const uint8_t *p, int64_t pstride, const int T, int64_t ng) {
+                                                                    const uint8_t *p, int64_t pstride, const int T, int64_t ng,
+                                                                    const int q4) {
     float32x4_t acc[DLA_BR][DLA_BT];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = vdupq_n_f32(0.0f);
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *ug = u + g * DLA_UNPACKED_GROUP_BYTES, *pg = p + g * DL_PACK_GROUP_BYTES;
         int32x4_t d[DLA_BR][DLA_BT];
+#ifdef __ARM_FEATURE_DOTPROD
         for (int r = 0; r < R; r++)
             for (int t = 0; t < T; t++) d[r][t] = vdupq_n_s32(0);
         DL_UNROLL for (int j = 0; j < 8; j++) {
@@ -391,33 +411,76 @@ static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, co
                 for (int r = 0; r < R; r++) d[r][t] = vdotq_s32(d[r][t], wv[r], xv);
             }
         }
+#else
+        /* block j's 32 products into int16 lanes (4 products of at most 15 * 128 each), the 4 blocks
+         * added pairwise (16 products, at most 30720) and widened: lane j = block j's dot */
+        int16x8_t h[DLA_BR][DLA_BT], h01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
+        DL_UNROLL for (int j = 0; j < 4; j++) {
+            int8x16_t wl[DLA_BR], wh[DLA_BR];
+            for (int r = 0; r < R; r++) {
+                wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
+                wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
+            }
+            for (int t = 0; t < T; t++) {
+                const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
+                const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
+                for (int r = 0; r < R; r++) {
+                    int16x8_t v = vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl));
+                    v = vmlal_high_s8(v, wl[r], xl);
+                    v = vmlal_s8(v, vget_low_s8(wh[r]), vget_low_s8(xh));
+                    v = vmlal_high_s8(v, wh[r], xh);
+                    /* reduced as soon as possible (all 4 blocks kept apart spill: 9.32 instructions
+                     * per row, token and block against 8.83) */
+                    if (j == 0 || j == 2) {
+                        h[r][t] = v;
+                    } else if (j == 1) {
+                        h01[r][t] = vpaddq_s16(h[r][t], v);
+                    } else {
+                        d[r][t] = vpaddlq_s16(vpaddq_s16(h01[r][t], vpaddq_s16(h[r][t], v)));
+                    }
+                }
+            }
+        }
+#endif
         for (int t = 0; t < T; t++) {
-            const int32x4_t m8 = vld1q_s32((const int32_t *)(pg + t * pstride));
             const float32x4_t dx = vld1q_f32((const float *)(pg + t * pstride + 16));
+            /* Q4_0: the nibbles were taken unsigned, "- 8" is "- 8 * sum(x)" per block */
+            const int32x4_t m8 = q4 ? vld1q_s32((const int32_t *)(pg + t * pstride)) : vdupq_n_s32(0);
             for (int r = 0; r < R; r++) {
                 const float32x4_t sw = vld1q_f32((const float *)(ug + r * ustride + 128));
-                acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(vsubq_s32(d[r][t], m8)), vmulq_f32(sw, dx));
+                acc[r][t] = vfmaq_f32(acc[r][t], vcvtq_f32_s32(q4 ? vsubq_s32(d[r][t], m8) : d[r][t]), vmulq_f32(sw, dx));
             }
         }
     }
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) s[t * R + r] = vaddvq_f32(acc[r][t]);
 }
-#define DLA_TILE_UNPACKED(R, T)                                                                                      \
-    static __attribute__((noinline)) void dla_tile_unpacked_##R##x##T(float *s, const uint8_t *u, int64_t ustride,    \
-                                                                      const uint8_t *p, int64_t pstride, int64_t ng) { \
-        dla_tile_unpacked(s, u, ustride, R, p, pstride, T, ng);                                                      \
+/* the tile's instances: DLA_BR x DLA_BT, DLA_BR x 1, 1 x DLA_BT, 1 x 1, per weight type */
+typedef void (*dla_tile_fn)(float *s, const uint8_t *u, int64_t ustride, const uint8_t *p, int64_t pstride, int64_t ng);
+#define DLA_TILE_UNPACKED(TYPE, Q4, NAME, R, T)                                                                             \
+    static __attribute__((noinline)) void dla_tile_##TYPE##_##NAME(float *s, const uint8_t *u, int64_t ustride,             \
+                                                                   const uint8_t *p, int64_t pstride, int64_t ng) {        \
+        dla_tile_unpacked(s, u, ustride, R, p, pstride, T, ng, Q4);                                                         \
     }
-DLA_TILE_UNPACKED(2, 3)
-DLA_TILE_UNPACKED(2, 1)
-DLA_TILE_UNPACKED(1, 3)
-DLA_TILE_UNPACKED(1, 1)
+#define DLA_TILES(TYPE, Q4)                          \
+    DLA_TILE_UNPACKED(TYPE, Q4, rt, DLA_BR, DLA_BT) \
+    DLA_TILE_UNPACKED(TYPE, Q4, r1, DLA_BR, 1)      \
+    DLA_TILE_UNPACKED(TYPE, Q4, 1t, 1, DLA_BT)      \
+    DLA_TILE_UNPACKED(TYPE, Q4, 11, 1, 1)
+DLA_TILES(q4_0, 1)
+#ifdef __ARM_FEATURE_DOTPROD
+DLA_TILES(q8_0, 0)
+#endif
+#undef DLA_TILES
 #undef DLA_TILE_UNPACKED
 
-/* Rows [ra, rb) of a Q4_0 matmul against n_tok packed tokens (x: the same tokens as Q8_0 rows, for the
- * blocks after the last whole group); 0 when the shape is not for this path. */
-static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
-                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+/* Rows [ra, rb) of a Q4_0 (q4) or Q8_0 matmul against n_tok packed tokens (x: the same tokens as Q8_0
+ * rows, for the blocks after the last whole group); 0 when the shape is not for this path. */
+static inline __attribute__((always_inline)) int dla_matmul_blocked(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed,
+                                                                    const void *x, int64_t n_in, int64_t r0, int64_t ra, int64_t rb,
+                                                                    int64_t n_tok, const int q4, void (*unpack)(uint8_t *, const uint8_t *, int64_t),
+                                                                    dla_tile_fn tile_rt, dla_tile_fn tile_r1, dla_tile_fn tile_1t,
+                                                                    dla_tile_fn tile_11) {
     const int64_t nb = n_in / QK, ng = nb / 4, pstride = pack_token_bytes(nb);
     if (n_tok < DLA_BLOCKED_MIN_TOKENS || ng > DLA_BLOCKED_MAX_GROUPS || ng == 0) return 0;
     enum { R = DLA_BR, T = DLA_BT };
@@ -426,36 +489,74 @@ static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t l
     const uint8_t *pk = (const uint8_t *)packed, *wb = (const uint8_t *)w;
     const block_q8_0 *xq = (const block_q8_0 *)x;
     float s[R * T];
-    /* the tile's tail: blocks after the last whole group, by the reference, as tile_q4_0 does */
-#define TAIL(rr, tt) (4 * ng < nb ? dot_q4_0_ref((const block_q4_0 *)(wb + (rr) * ldw) + 4 * ng, xq + (tt) * nb + 4 * ng, nb - 4 * ng) : 0.0f)
+    /* the tile's tail: blocks after the last whole group, by the reference, as the tiles do */
+#define TAIL(rr, tt)                                                                                                       \
+    (4 * ng == nb ? 0.0f                                                                                                   \
+     : q4         ? dot_q4_0_ref((const block_q4_0 *)(wb + (rr) * ldw) + 4 * ng, xq + (tt) * nb + 4 * ng, nb - 4 * ng) \
+                  : dot_q8_0_ref((const block_q8_0 *)(wb + (rr) * ldw) + 4 * ng, xq + (tt) * nb + 4 * ng, nb - 4 * ng))
     int64_t r = ra;
     for (; r + R <= rb; r += R) {
-        for (int i = 0; i < R; i++) dla_unpack_row_q4_0(u[i], wb + (r + i) * ldw, ng);
+        for (int i = 0; i < R; i++) unpack(u[i], wb + (r + i) * ldw, ng);
         int64_t t = 0;
         for (; t + T <= n_tok; t += T) {
-            dla_tile_unpacked_2x3(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            tile_rt(s, u[0], ustride, pk + t * pstride, pstride, ng);
             for (int j = 0; j < T; j++)
                 for (int i = 0; i < R; i++) out[(t + j) * ldo + (r + i - r0)] = s[j * R + i] + TAIL(r + i, t + j);
         }
         for (; t < n_tok; t++) {
-            dla_tile_unpacked_2x1(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            tile_r1(s, u[0], ustride, pk + t * pstride, pstride, ng);
             for (int i = 0; i < R; i++) out[t * ldo + (r + i - r0)] = s[i] + TAIL(r + i, t);
         }
     }
     for (; r < rb; r++) {
-        dla_unpack_row_q4_0(u[0], wb + r * ldw, ng);
+        unpack(u[0], wb + r * ldw, ng);
         int64_t t = 0;
         for (; t + T <= n_tok; t += T) {
-            dla_tile_unpacked_1x3(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            tile_1t(s, u[0], ustride, pk + t * pstride, pstride, ng);
             for (int j = 0; j < T; j++) out[(t + j) * ldo + (r - r0)] = s[j] + TAIL(r, t + j);
         }
         for (; t < n_tok; t++) {
-            dla_tile_unpacked_1x1(s, u[0], ustride, pk + t * pstride, pstride, ng);
+            tile_11(s, u[0], ustride, pk + t * pstride, pstride, ng);
             out[t * ldo + (r - r0)] = s[0] + TAIL(r, t);
         }
     }
 #undef TAIL
     return 1;
+}
+
+static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    return dla_matmul_blocked(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok, 1, dla_unpack_row_q4_0, dla_tile_q4_0_rt,
+                              dla_tile_q4_0_r1, dla_tile_q4_0_1t, dla_tile_q4_0_11);
+}
+
+#ifdef __ARM_FEATURE_DOTPROD
+/*
+ * Q8_0 batches with dotprod, the same path: a row's 4-block groups transposed once per batch (the
+ * values are int8 already: no unpacking, only the transpose), then 8 SDOT per group and token into one
+ * register, lane k = block k's exact dot, where the tile (dotr_q8_0) takes two SDOT per block into
+ * zeroed registers and 3 ADDP per group. The float operations per (row, token) are the tile's (the
+ * dot converted, times d_w * d_x, into 4 lanes, the reference for the blocks after the last group),
+ * so the bits are the same.
+ */
+#define DL_HAVE_MATMUL_BLOCKED_Q8_0
+#define DL_PACK_Q8_0_MIN_TOKENS DLA_BLOCKED_MIN_TOKENS
+static inline void dla_unpack_row_q8_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
+    for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q8_0)) {
+        int8x16_t lo[4], hi[4], u[4];
+        dla_load4(lo, hi, (const block_q8_0 *)wr);
+        dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
+        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
+        dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
+        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
+        vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q8_0)));
+    }
+}
+
+static int matmul_blocked_q8_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    return dla_matmul_blocked(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok, 0, dla_unpack_row_q8_0, dla_tile_q8_0_rt,
+                              dla_tile_q8_0_r1, dla_tile_q8_0_1t, dla_tile_q8_0_11);
 }
 #endif
 

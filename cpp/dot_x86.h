@@ -342,8 +342,9 @@ static inline __attribute__((always_inline)) void tile_q4_0_packed(float *s, con
 
 /* Rows [ra, rb) of a Q4_0 matmul against n_tok tokens packed at `packed` (x: the same tokens as Q8_0
  * rows, for the blocks after the last whole group). */
-static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
                             int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    (void)wtype; /* Q4_0 only: pack_q8_0_min_tokens is 0 */
     enum { R = DL_PACK_ROWS, T = DL_PACK_TOKENS };
     const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
     const uint8_t *wb = (const uint8_t *)w, *pk = (const uint8_t *)packed;

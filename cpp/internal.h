@@ -55,13 +55,15 @@ typedef struct dl_kernels {
     void (*f16_to_f32)(float *out, const uint16_t *x, int64_t n);
     void (*f32_to_bf16)(uint16_t *out, const float *x, int64_t n);
     uint64_t (*read_sum)(const void *buf, int64_t bytes); /* bandwidth probe */
-    /* Optional (NULL when the variant has none): Q4_0 matmuls against activations packed once per call
-     * (layouts in dot_x86.h and dot_arm.h). pack_q8_0 packs n_tok Q8_0 rows of nb blocks, pack_bytes(nb) bytes each;
-     * matmul_packed computes rows [ra, rb) like matmul, reading x only for blocks the packing leaves out. */
+    /* Optional (NULL when the variant has none): Q4_0 (and, where pack_q8_0_min_tokens > 0, Q8_0) matmuls
+     * against activations packed once per call (layouts in dot_x86.h and dot_arm.h). pack_q8_0 packs n_tok
+     * Q8_0 rows of nb blocks, pack_bytes(nb) bytes each; matmul_packed computes rows [ra, rb) like matmul,
+     * reading x only for blocks the packing leaves out. */
     void (*pack_q8_0)(void *dst, const void *x, int64_t nb, int64_t n_tok);
     int64_t (*pack_bytes)(int64_t nb);
-    int64_t pack_min_tokens; /* matmuls of fewer tokens read x as it is */
-    void (*matmul_packed)(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+    int64_t pack_min_tokens;      /* Q4_0 matmuls of fewer tokens read x as it is */
+    int64_t pack_q8_0_min_tokens; /* Q8_0 weights: the same; 0 = never packed */
+    void (*matmul_packed)(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
                           int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok);
 } dl_kernels;
 

@@ -194,10 +194,19 @@ DOT2_GENERIC(dot_bf16)
 #endif
 
 #ifdef DL_PACKED_BY_ROWS
-/* Q4_0 against tokens packed by k_pack_q8_0, rows grouped as in k_matmul; the tile finds token t's
- * packing from its Q8_0 row (xt - xq = t * nb). */
-static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+/* Q4_0 (or, where the variant has a Q8_0 batch path, Q8_0) against tokens packed by k_pack_q8_0, rows
+ * grouped as in k_matmul; the tile finds token t's packing from its Q8_0 row (xt - xq = t * nb). */
+static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
+                     int64_t ra, int64_t rb, int64_t n_tok);
+static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
                             int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
+    if (wtype != DL_TYPE_Q4_0) {
+#ifdef DL_HAVE_MATMUL_BLOCKED_Q8_0
+        if (wtype == DL_TYPE_Q8_0 && matmul_blocked_q8_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
+#endif
+        k_matmul(out, ldo, w, ldw, wtype, x, n_in, r0, ra, rb, n_tok);
+        return;
+    }
 #ifdef DL_HAVE_MATMUL_BLOCKED
     if (matmul_blocked_q4_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
 #endif
@@ -622,6 +631,9 @@ const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
     .pack_q8_0 = k_pack_q8_0,
     .pack_bytes = k_pack_bytes,
     .pack_min_tokens = DL_PACK_MIN_TOKENS,
+#ifdef DL_PACK_Q8_0_MIN_TOKENS
+    .pack_q8_0_min_tokens = DL_PACK_Q8_0_MIN_TOKENS,
+#endif
     .matmul_packed = k_matmul_packed,
 #endif
 };

@@ -200,13 +200,14 @@ static void test_scales(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
 static void test_batch(dl_ctx *ref, dl_ctx *ctx, const char *vn) {
     const int types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q8_0, DL_TYPE_Q4_0};
     /* Q4_0 on AVX2: 768 and 4096 take the blocked path from 4 tokens on, 32768 is its largest row
-     * (128 groups of 8 blocks), 65536 and rows of whole blocks but not whole groups take the row tiles */
+     * (128 groups of 8 blocks), 65536 and rows of whole blocks but not whole groups take the row tiles;
+     * Q4_0 and Q8_0 on NEON: 32768 is the blocked path's largest row (256 groups of 4), 1184 has a tail */
     const int64_t nins[] = {32 * 5, 32 * 37, 32 * 24, 4096, 32768, 65536}, toks[] = {2, 4, 7, 8, 9, 17, 20};
     for (int ti = 0; ti < 4; ti++)
         for (int ni = 0; ni < 6; ni++) {
             const int type = types[ti];
             const int64_t n_in = nins[ni], rows = 7, r0 = 1, r1 = 6, ldo = 6;
-            if (type != DL_TYPE_Q4_0 && n_in >= 16384) continue;
+            if (type != DL_TYPE_Q4_0 && type != DL_TYPE_Q8_0 && n_in >= 16384) continue;
             void *w = make_weights(type, rows, n_in, ref);
             const int at = dl_type_activation(type);
             const int64_t xrow = n_in / dl_type_block_values(at) * dl_type_block_bytes(at);
