@@ -412,31 +412,61 @@ static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, co
             }
         }
 #else
-        /* block j's 32 products into int16 lanes (4 products of at most 15 * 128 each), the 4 blocks
-         * added pairwise (16 products, at most 30720) and widened: lane j = block j's dot */
-        int16x8_t h[DLA_BR][DLA_BT], h01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
-        DL_UNROLL for (int j = 0; j < 4; j++) {
-            int8x16_t wl[DLA_BR], wh[DLA_BR];
-            for (int r = 0; r < R; r++) {
-                wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
-                wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
-            }
-            for (int t = 0; t < T; t++) {
-                const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
-                const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
+        if (q4) {
+            /* block j's 32 products into int16 lanes (4 products of at most 15 * 128 each), the 4 blocks
+             * added pairwise (16 products, at most 30720) and widened: lane j = block j's dot */
+            int16x8_t h[DLA_BR][DLA_BT], h01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
+            DL_UNROLL for (int j = 0; j < 4; j++) {
+                int8x16_t wl[DLA_BR], wh[DLA_BR];
                 for (int r = 0; r < R; r++) {
-                    int16x8_t v = vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl));
-                    v = vmlal_high_s8(v, wl[r], xl);
-                    v = vmlal_s8(v, vget_low_s8(wh[r]), vget_low_s8(xh));
-                    v = vmlal_high_s8(v, wh[r], xh);
-                    /* reduced as soon as possible (all 4 blocks kept apart spill: 9.32 instructions
-                     * per row, token and block against 8.83) */
-                    if (j == 0 || j == 2) {
-                        h[r][t] = v;
-                    } else if (j == 1) {
-                        h01[r][t] = vpaddq_s16(h[r][t], v);
-                    } else {
-                        d[r][t] = vpaddlq_s16(vpaddq_s16(h01[r][t], vpaddq_s16(h[r][t], v)));
+                    wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
+                    wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
+                }
+                for (int t = 0; t < T; t++) {
+                    const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
+                    const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
+                    for (int r = 0; r < R; r++) {
+                        int16x8_t v = vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl));
+                        v = vmlal_high_s8(v, wl[r], xl);
+                        v = vmlal_s8(v, vget_low_s8(wh[r]), vget_low_s8(xh));
+                        v = vmlal_high_s8(v, wh[r], xh);
+                        /* reduced as soon as possible (all 4 blocks kept apart spill: 9.32 instructions
+                         * per row, token and block against 8.83) */
+                        if (j == 0 || j == 2) {
+                            h[r][t] = v;
+                        } else if (j == 1) {
+                            h01[r][t] = vpaddq_s16(h[r][t], v);
+                        } else {
+                            d[r][t] = vpaddlq_s16(vpaddq_s16(h01[r][t], vpaddq_s16(h[r][t], v)));
+                        }
+                    }
+                }
+            }
+        } else {
+            /* Q8_0: one product fits int16, two may not (-128 * -128 twice): each widening multiply is
+             * widened again into int32 (SADALP), 4 partial sums per block, the 4 blocks added pairwise */
+            int32x4_t e[DLA_BR][DLA_BT], e01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
+            DL_UNROLL for (int j = 0; j < 4; j++) {
+                int8x16_t wl[DLA_BR], wh[DLA_BR];
+                for (int r = 0; r < R; r++) {
+                    wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
+                    wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
+                }
+                for (int t = 0; t < T; t++) {
+                    const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
+                    const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
+                    for (int r = 0; r < R; r++) {
+                        int32x4_t v = vpaddlq_s16(vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl)));
+                        v = vpadalq_s16(v, vmull_high_s8(wl[r], xl));
+                        v = vpadalq_s16(v, vmull_s8(vget_low_s8(wh[r]), vget_low_s8(xh)));
+                        v = vpadalq_s16(v, vmull_high_s8(wh[r], xh));
+                        if (j == 0 || j == 2) {
+                            e[r][t] = v;
+                        } else if (j == 1) {
+                            e01[r][t] = vpaddq_s32(e[r][t], v);
+                        } else {
+                            d[r][t] = vpaddq_s32(e01[r][t], vpaddq_s32(e[r][t], v));
+                        }
                     }
                 }
             }
@@ -468,9 +498,7 @@ typedef void (*dla_tile_fn)(float *s, const uint8_t *u, int64_t ustride, const u
     DLA_TILE_UNPACKED(TYPE, Q4, 1t, 1, DLA_BT)      \
     DLA_TILE_UNPACKED(TYPE, Q4, 11, 1, 1)
 DLA_TILES(q4_0, 1)
-#ifdef __ARM_FEATURE_DOTPROD
 DLA_TILES(q8_0, 0)
-#endif
 #undef DLA_TILES
 #undef DLA_TILE_UNPACKED
 
@@ -530,25 +558,33 @@ static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t l
                               dla_tile_q4_0_r1, dla_tile_q4_0_1t, dla_tile_q4_0_11);
 }
 
-#ifdef __ARM_FEATURE_DOTPROD
 /*
- * Q8_0 batches with dotprod, the same path: a row's 4-block groups transposed once per batch (the
- * values are int8 already: no unpacking, only the transpose), then 8 SDOT per group and token into one
- * register, lane k = block k's exact dot, where the tile (dotr_q8_0) takes two SDOT per block into
- * zeroed registers and 3 ADDP per group. The float operations per (row, token) are the tile's (the
- * dot converted, times d_w * d_x, into 4 lanes, the reference for the blocks after the last group),
- * so the bits are the same.
+ * Q8_0 batches take the same path. With dotprod a row's 4-block groups are transposed once per batch
+ * (the values are int8 already: no unpacking, only the transpose; 144 bytes per group like Q4_0's), and
+ * 8 SDOT per group and token fill one register with the 4 blocks' exact dots, where the tile
+ * (dotr_q8_0) takes two SDOT per block into zeroed registers and 3 ADDP per group. Without dotprod the
+ * values are copied in order (paired loads from then on) and the tile's widening multiplies take them.
+ * The float operations per (row, token) are the tile's (the dot converted, times d_w * d_x, into 4
+ * lanes, the reference for the blocks after the last group), so the bits are the same.
  */
 #define DL_HAVE_MATMUL_BLOCKED_Q8_0
 #define DL_PACK_Q8_0_MIN_TOKENS DLA_BLOCKED_MIN_TOKENS
 static inline void dla_unpack_row_q8_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
     for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q8_0)) {
-        int8x16_t lo[4], hi[4], u[4];
+        int8x16_t lo[4], hi[4];
         dla_load4(lo, hi, (const block_q8_0 *)wr);
+#ifdef __ARM_FEATURE_DOTPROD
+        int8x16_t u[4];
         dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
         for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
         dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
         for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
+#else
+        for (int j = 0; j < 4; j++) {
+            vst1q_s8((int8_t *)(o + 32 * j), lo[j]);
+            vst1q_s8((int8_t *)(o + 32 * j + 16), hi[j]);
+        }
+#endif
         vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q8_0)));
     }
 }
@@ -558,7 +594,7 @@ static int matmul_blocked_q8_0(float *out, int64_t ldo, const void *w, int64_t l
     return dla_matmul_blocked(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok, 0, dla_unpack_row_q8_0, dla_tile_q8_0_rt,
                               dla_tile_q8_0_r1, dla_tile_q8_0_1t, dla_tile_q8_0_11);
 }
-#endif
+
 
 /* Q8_0 x Q8_0 on the same tile: each block's exact int32 dot (dla_dot_q8), a group's 4 reduced into
  * one vector (lane j = block j), converted once and multiplied by the 4 blocks' d_w * d_x. */
