@@ -364,6 +364,24 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
 #define DLA_BR 2 /* rows */
 #define DLA_BT 3 /* tokens (without dotprod: 8.83 instructions per row, token and block; 2: 9.21, 2 x 3 rows: 9.18) */
 
+/* One unpacked group of 4 blocks at o: values 0..15 of block j in lo[j], 16..31 in hi[j], transposed
+ * with dotprod (word k of register j = 4 values of block k), in order without; then the 4 scales. */
+static inline __attribute__((always_inline)) void dla_store_unpacked(uint8_t *o, const int8x16_t lo[4], const int8x16_t hi[4], float32x4_t sw) {
+#ifdef __ARM_FEATURE_DOTPROD
+    int8x16_t u[4];
+    dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
+    for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
+    dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
+    for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
+#else
+    for (int j = 0; j < 4; j++) {
+        vst1q_s8((int8_t *)(o + 32 * j), lo[j]);
+        vst1q_s8((int8_t *)(o + 32 * j + 16), hi[j]);
+    }
+#endif
+    vst1q_f32((float *)(o + 128), sw);
+}
+
 static inline void dla_unpack_row_q4_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
     const uint8x16_t m4 = vdupq_n_u8(15);
     for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q4_0)) {
@@ -373,24 +391,12 @@ static inline void dla_unpack_row_q4_0(uint8_t *o, const uint8_t *wr, int64_t ng
             lo[j] = vreinterpretq_s8_u8(vandq_u8(v, m4));
             hi[j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
         }
-#ifdef __ARM_FEATURE_DOTPROD
-        int8x16_t u[4];
-        dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
-        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
-        dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
-        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
-#else
-        for (int j = 0; j < 4; j++) {
-            vst1q_s8((int8_t *)(o + 32 * j), lo[j]);
-            vst1q_s8((int8_t *)(o + 32 * j + 16), hi[j]);
-        }
-#endif
-        vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q4_0)));
+        dla_store_unpacked(o, lo, hi, dla_scales4(wr, sizeof(block_q4_0)));
     }
 }
 
-/* R unpacked rows (u, ustride apart) against T packed tokens (p, pstride apart), ng groups, into s[t * R + r] (the groups only: the caller adds
- * the blocks after the last whole group) */
+/* R unpacked rows (u, ustride apart) of Q4_0 (q4) or Q8_0 against T packed tokens (p, pstride apart),
+ * ng groups, into s[t * R + r] (the groups only: the caller adds the blocks after the last whole group) */
 static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, const uint8_t *u, int64_t ustride, const int R,
                                                                     const uint8_t *p, int64_t pstride, const int T, int64_t ng,
                                                                     const int q4) {
@@ -412,61 +418,40 @@ static inline __attribute__((always_inline)) void dla_tile_unpacked(float *s, co
             }
         }
 #else
-        if (q4) {
-            /* block j's 32 products into int16 lanes (4 products of at most 15 * 128 each), the 4 blocks
-             * added pairwise (16 products, at most 30720) and widened: lane j = block j's dot */
-            int16x8_t h[DLA_BR][DLA_BT], h01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
-            DL_UNROLL for (int j = 0; j < 4; j++) {
-                int8x16_t wl[DLA_BR], wh[DLA_BR];
+        /* Q4_0: block j's 32 products into int16 lanes (4 products of at most 15 * 128 each), the 4
+         * blocks added pairwise (16 products, at most 30720) and widened: lane j = block j's dot.
+         * Q8_0: one product fits int16, two may not (-128 * -128 twice), so each widening multiply is
+         * widened again into int32 (SADALP), 4 partial sums per block, the 4 blocks added pairwise.
+         * Either way a (row, token)'s blocks are reduced as soon as two are done (all four kept apart,
+         * clang spilled: Q4_0 9.32 instructions per row, token and block against 8.83) */
+        int16x8_t h[DLA_BR][DLA_BT], h01[DLA_BR][DLA_BT]; /* Q4_0: block 0 or 2; blocks 0 and 1 added pairwise */
+        int32x4_t e[DLA_BR][DLA_BT], e01[DLA_BR][DLA_BT]; /* Q8_0: the same */
+        DL_UNROLL for (int j = 0; j < 4; j++) {
+            int8x16_t wl[DLA_BR], wh[DLA_BR];
+            for (int r = 0; r < R; r++) {
+                wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
+                wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
+            }
+            for (int t = 0; t < T; t++) {
+                const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
+                const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
                 for (int r = 0; r < R; r++) {
-                    wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
-                    wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
-                }
-                for (int t = 0; t < T; t++) {
-                    const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
-                    const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
-                    for (int r = 0; r < R; r++) {
+                    if (q4) {
                         int16x8_t v = vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl));
                         v = vmlal_high_s8(v, wl[r], xl);
                         v = vmlal_s8(v, vget_low_s8(wh[r]), vget_low_s8(xh));
                         v = vmlal_high_s8(v, wh[r], xh);
-                        /* reduced as soon as possible (all 4 blocks kept apart spill: 9.32 instructions
-                         * per row, token and block against 8.83) */
-                        if (j == 0 || j == 2) {
-                            h[r][t] = v;
-                        } else if (j == 1) {
-                            h01[r][t] = vpaddq_s16(h[r][t], v);
-                        } else {
-                            d[r][t] = vpaddlq_s16(vpaddq_s16(h01[r][t], vpaddq_s16(h[r][t], v)));
-                        }
-                    }
-                }
-            }
-        } else {
-            /* Q8_0: one product fits int16, two may not (-128 * -128 twice): each widening multiply is
-             * widened again into int32 (SADALP), 4 partial sums per block, the 4 blocks added pairwise */
-            int32x4_t e[DLA_BR][DLA_BT], e01[DLA_BR][DLA_BT]; /* block 0 or 2; blocks 0 and 1 added pairwise */
-            DL_UNROLL for (int j = 0; j < 4; j++) {
-                int8x16_t wl[DLA_BR], wh[DLA_BR];
-                for (int r = 0; r < R; r++) {
-                    wl[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j));
-                    wh[r] = vld1q_s8((const int8_t *)(ug + r * ustride + 32 * j + 16));
-                }
-                for (int t = 0; t < T; t++) {
-                    const int8x16_t xl = vld1q_s8((const int8_t *)(pg + t * pstride + 32 + 32 * j));
-                    const int8x16_t xh = vld1q_s8((const int8_t *)(pg + t * pstride + 48 + 32 * j));
-                    for (int r = 0; r < R; r++) {
+                        if (j == 0 || j == 2) h[r][t] = v;
+                        else if (j == 1) h01[r][t] = vpaddq_s16(h[r][t], v);
+                        else d[r][t] = vpaddlq_s16(vpaddq_s16(h01[r][t], vpaddq_s16(h[r][t], v)));
+                    } else {
                         int32x4_t v = vpaddlq_s16(vmull_s8(vget_low_s8(wl[r]), vget_low_s8(xl)));
                         v = vpadalq_s16(v, vmull_high_s8(wl[r], xl));
                         v = vpadalq_s16(v, vmull_s8(vget_low_s8(wh[r]), vget_low_s8(xh)));
                         v = vpadalq_s16(v, vmull_high_s8(wh[r], xh));
-                        if (j == 0 || j == 2) {
-                            e[r][t] = v;
-                        } else if (j == 1) {
-                            e01[r][t] = vpaddq_s32(e[r][t], v);
-                        } else {
-                            d[r][t] = vpaddq_s32(e01[r][t], vpaddq_s32(e[r][t], v));
-                        }
+                        if (j == 0 || j == 2) e[r][t] = v;
+                        else if (j == 1) e01[r][t] = vpaddq_s32(e[r][t], v);
+                        else d[r][t] = vpaddq_s32(e01[r][t], vpaddq_s32(e[r][t], v));
                     }
                 }
             }
@@ -573,19 +558,7 @@ static inline void dla_unpack_row_q8_0(uint8_t *o, const uint8_t *wr, int64_t ng
     for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q8_0)) {
         int8x16_t lo[4], hi[4];
         dla_load4(lo, hi, (const block_q8_0 *)wr);
-#ifdef __ARM_FEATURE_DOTPROD
-        int8x16_t u[4];
-        dla_transpose4(u, lo[0], lo[1], lo[2], lo[3]);
-        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 16 * j), u[j]);
-        dla_transpose4(u, hi[0], hi[1], hi[2], hi[3]);
-        for (int j = 0; j < 4; j++) vst1q_s8((int8_t *)(o + 64 + 16 * j), u[j]);
-#else
-        for (int j = 0; j < 4; j++) {
-            vst1q_s8((int8_t *)(o + 32 * j), lo[j]);
-            vst1q_s8((int8_t *)(o + 32 * j + 16), hi[j]);
-        }
-#endif
-        vst1q_f32((float *)(o + 128), dla_scales4(wr, sizeof(block_q8_0)));
+        dla_store_unpacked(o, lo, hi, dla_scales4(wr, sizeof(block_q8_0)));
     }
 }
 
