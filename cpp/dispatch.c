@@ -404,7 +404,7 @@ static void pack_part(void *p, int64_t ith, int64_t nth) {
     const pack_task *t = (const pack_task *)p;
     int64_t a, b;
     split_range(t->n_tok, nth, ith, &a, &b);
-    if (a < b) t->k->pack_q8_0(t->dst + a * t->k->pack_bytes(t->nb), t->x + a * t->nb, t->nb, b - a);
+    if (a < b) t->k->pack_q8_0(t->dst + a * t->k->pack_bytes(t->nb), t->x + a * t->nb, t->nb, b - a, t->n_tok);
 }
 
 /* Tokens per packed piece of a matmul: as many as the scratch holds, in whole tiles of 8; 0 when the

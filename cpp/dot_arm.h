@@ -217,6 +217,7 @@ static inline int32x4_t dla_sum8(const block_q8_0 *x) {
  * (word k of register j = values 4j..4j+3 of block k), in order without (contiguous, where the Q8_0
  * rows put the 34-byte blocks' values 2 bytes off: one paired load per block instead of two) */
 #define DL_PACK_GROUP_BYTES 160
+#define DLA_BLOCKED_MIN_TOKENS 4 /* batches of fewer tokens take the tiles */
 /* bytes of one packed token of nb blocks (whole groups of 4 only) */
 static inline int64_t pack_token_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES; }
 
@@ -230,13 +231,16 @@ static inline __attribute__((always_inline)) void dla_transpose4(int8x16_t d[4],
     d[3] = vreinterpretq_s8_s64(vtrn2q_s64(vreinterpretq_s64_s32(t1), vreinterpretq_s64_s32(t3)));
 }
 
-static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
+static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok, int64_t batch) {
+    /* the values only for the batch path (decode's single token reads them from the Q8_0 rows) */
+    const int values = batch >= DLA_BLOCKED_MIN_TOKENS;
     for (int64_t t = 0; t < n_tok; t++) {
         const block_q8_0 *xt = (const block_q8_0 *)x + t * nb;
         uint8_t *o = (uint8_t *)dst + t * pack_token_bytes(nb);
         for (int64_t b = 0; b + 4 <= nb; b += 4, o += DL_PACK_GROUP_BYTES) {
             vst1q_s32((int32_t *)o, dla_sum8(xt + b));
             vst1q_f32((float *)(o + 16), dla_scales4((const uint8_t *)(xt + b), sizeof(block_q8_0)));
+            if (!values) continue;
             int8x16_t xl[4], xh[4];
             dla_load4(xl, xh, xt + b);
 #ifdef __ARM_FEATURE_DOTPROD
@@ -358,7 +362,6 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
  * gives the same bits as its tokens one at a time.
  */
 #define DL_HAVE_MATMUL_BLOCKED
-#define DLA_BLOCKED_MIN_TOKENS 4
 #define DLA_BLOCKED_MAX_GROUPS 256 /* n_in <= 32768: 36 KiB of stack per row */
 #define DLA_UNPACKED_GROUP_BYTES 144
 #define DLA_BR 2 /* rows */

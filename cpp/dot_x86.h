@@ -268,7 +268,8 @@ static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uin
 /* bytes of one packed token of nb blocks */
 static inline int64_t pack_token_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES + (nb + 15) / 16 * 64; }
 
-static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
+static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok, int64_t batch) {
+    (void)batch;
     const __m512i c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
     const int64_t ng = nb / 4;
     for (int64_t t = 0; t < n_tok; t++) {
@@ -552,7 +553,8 @@ static inline __attribute__((always_inline)) void pack_group8(uint8_t *o, const 
     _mm256_storeu_ps((float *)(o + 288), scales8((const uint8_t *)x, 34));
 }
 
-static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok) {
+static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok, int64_t batch) {
+    (void)batch;
     for (int64_t t = 0; t < n_tok; t++) {
         const block_q8_0 *xt = (const block_q8_0 *)x + t * nb;
         uint8_t *o = (uint8_t *)dst + t * pack_token_bytes(nb);

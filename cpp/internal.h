@@ -57,9 +57,10 @@ typedef struct dl_kernels {
     uint64_t (*read_sum)(const void *buf, int64_t bytes); /* bandwidth probe */
     /* Optional (NULL when the variant has none): Q4_0 (and, where pack_q8_0_min_tokens > 0, Q8_0) matmuls
      * against activations packed once per call (layouts in dot_x86.h and dot_arm.h). pack_q8_0 packs n_tok
-     * Q8_0 rows of nb blocks, pack_bytes(nb) bytes each; matmul_packed computes rows [ra, rb) like matmul,
-     * reading x only for blocks the packing leaves out. */
-    void (*pack_q8_0)(void *dst, const void *x, int64_t nb, int64_t n_tok);
+     * Q8_0 rows of nb blocks, pack_bytes(nb) bytes each, out of a matmul of `batch` tokens (a thread packs
+     * part of them; what a layout needs may depend on the whole batch); matmul_packed computes rows [ra, rb)
+     * like matmul, reading x only for blocks the packing leaves out. */
+    void (*pack_q8_0)(void *dst, const void *x, int64_t nb, int64_t n_tok, int64_t batch);
     int64_t (*pack_bytes)(int64_t nb);
     int64_t pack_min_tokens;      /* Q4_0 matmuls of fewer tokens read x as it is */
     int64_t pack_q8_0_min_tokens; /* Q8_0 weights: the same; 0 = never packed */
