@@ -198,12 +198,27 @@ static inline __m512 q8_scales16(const uint8_t *p) {
  * with 2-3 KiB ahead (into L1) at 24-28 and 28-32 against a probe of 31-34, with 1 KiB or 4-6 KiB
  * ahead slower, and with no software prefetch at all 15 (Q8_0). */
 
-/* R weight rows (R <= 4) against T activation rows (T <= 2): s[t * R + r]. Each weight step is loaded
- * and unpacked once for all T tokens, each activation step once for all R rows. */
+/* The nibble bytes of Q4_0 blocks 4q..4q+3 of a group of 16 (288 bytes at p), block j's 16 bytes in
+ * 128-bit lane j (as load4x16(p + 72q + 2, 18)): two 64-byte loads and one word permute instead of four
+ * loads and three inserts. Block 4q + j's bytes are words 36q + 9j + 1 .. + 8, in the registers at
+ * bytes 64q and 64(q + 1); the last register is loaded masked to the group's end. */
+static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, const int q, const __m512i idx) {
+    const __m512i a = _mm512_loadu_si512((const void *)(p + 64 * q));
+    const __m512i b = q == 3 ? _mm512_maskz_loadu_epi16(0xffff, (const void *)(p + 256)) : _mm512_loadu_si512((const void *)(p + 64 * (q + 1)));
+    return _mm512_permutex2var_epi16(a, _mm512_add_epi16(idx, _mm512_set1_epi16((short)(4 * q))), b);
+}
+
+/* R weight rows (R <= 4) against T activation rows (T <= 4): s[t * R + r]. Each weight step is loaded
+ * and unpacked once for all T tokens, each activation step once for all R rows. With one token the
+ * products d_w * d_x are taken once per 16 blocks and spread over the lanes per step (the same
+ * products: the bits do not change with T). */
 static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
                                                              const block_q8_0 *x, const int T, int64_t nb) {
     const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    static const uint16_t qw[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26,
+                                    28, 29, 30, 31, 32, 33, 34, 35};
+    const __m512i qidx = _mm512_loadu_si512((const void *)qw);
     __m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
@@ -219,8 +234,10 @@ static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uin
         for (int r = 0; r < R; r++) {
             const uint8_t *wr = w + r * row_bytes + b * 18;
             sw[r] = g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m);
+            if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
             for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
         }
+        const uint8_t *wg = w + b * 18;
         for (int64_t k = 0; k < g; k += 4, b += 4) {
             const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
             __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
@@ -231,15 +248,16 @@ static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uin
                 xhi[t] = load4x16(xb + 18, 34);
                 /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
                 neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
-                lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
+                if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
             }
             for (int r = 0; r < R; r++) {
-                const __m512i q = load4x16(w + r * row_bytes + b * 18 + 2, 18);
+                const uint8_t *wq = wg + r * row_bytes;
+                const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
                 const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
                 const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
                 for (int t = 0; t < T; t++) {
                     const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
-                    acc[r][t] = _mm512_fmadd_ps(_mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
+                    acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
                 }
             }
         }
