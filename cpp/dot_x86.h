@@ -198,79 +198,8 @@ static inline __m512 q8_scales16(const uint8_t *p) {
  * with 2-3 KiB ahead (into L1) at 24-28 and 28-32 against a probe of 31-34, with 1 KiB or 4-6 KiB
  * ahead slower, and with no software prefetch at all 15 (Q8_0). */
 
-/* The nibble bytes of Q4_0 blocks 4q..4q+3 of a group of 16 (288 bytes at p), block j's 16 bytes in
- * 128-bit lane j (as load4x16(p + 72q + 2, 18)): two 64-byte loads and one word permute instead of four
- * loads and three inserts. Block 4q + j's bytes are words 36q + 9j + 1 .. + 8, in the registers at
- * bytes 64q and 64(q + 1); the last register is loaded masked to the group's end. */
-static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, const int q, const __m512i idx) {
-    const __m512i a = _mm512_loadu_si512((const void *)(p + 64 * q));
-    const __m512i b = q == 3 ? _mm512_maskz_loadu_epi16(0xffff, (const void *)(p + 256)) : _mm512_loadu_si512((const void *)(p + 64 * (q + 1)));
-    return _mm512_permutex2var_epi16(a, _mm512_add_epi16(idx, _mm512_set1_epi16((short)(4 * q))), b);
-}
-
-/* R weight rows (R <= 4) against T activation rows (T <= 4): s[t * R + r]. Each weight step is loaded
- * and unpacked once for all T tokens, each activation step once for all R rows. With one token the
- * products d_w * d_x are taken once per 16 blocks and spread over the lanes per step (the same
- * products: the bits do not change with T). */
-static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                             const block_q8_0 *x, const int T, int64_t nb) {
-    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
-    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    static const uint16_t qw[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26,
-                                    28, 29, 30, 31, 32, 33, 34, 35};
-    const __m512i qidx = _mm512_loadu_si512((const void *)qw);
-    __m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
-    int64_t b = 0;
-    while (nb - b >= 4) {
-        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
-        const __mmask16 m = (__mmask16)((1u << g) - 1);
-        __m512 sx[DL_DOTR_TOKENS], sw[DL_DOTR_ROWS];
-        for (int t = 0; t < T; t++) {
-            const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
-            sx[t] = g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * row_bytes + b * 18;
-            sw[r] = g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m);
-            if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
-            for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
-        }
-        const uint8_t *wg = w + b * 18;
-        for (int64_t k = 0; k < g; k += 4, b += 4) {
-            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
-            __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
-            __m512 lx[DL_DOTR_TOKENS];
-            for (int t = 0; t < T; t++) {
-                const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
-                xlo[t] = load4x16(xb + 2, 34);
-                xhi[t] = load4x16(xb + 18, 34);
-                /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
-                neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
-                if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
-            }
-            for (int r = 0; r < R; r++) {
-                const uint8_t *wq = wg + r * row_bytes;
-                const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
-                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-                const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
-                for (int t = 0; t < T; t++) {
-                    const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
-                    acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
-                }
-            }
-        }
-    }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            s[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
-            if (b < nb) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
-        }
-}
-
 /*
- * Batches (prompt processing) with packed activations. A batch is compute-bound, and dotrt_q4_0 spends
+ * Batches (prompt processing) with packed activations. A batch is compute-bound, and tile_q4_0 on rows spends
  * almost half its work preparing activation steps again for every group of weight rows. dl_matmul
  * therefore packs the Q8_0 activation rows once per call into the order the kernel consumes
  * (k_pack_q8_0) in the context's scratch, and the kernel only loads them. Per token, 64-byte aligned:
@@ -280,13 +209,14 @@ static inline __attribute__((always_inline)) void dotrt_q4_0(float *s, const uin
  *   [128, 192) -8 * (sum of the lane's 8 values), 16 int32: turns unsigned nibbles into nibble - 8
  * then every block's scale as a float (nb of them, padded to a multiple of 16). Blocks after the last
  * whole group (nb % 4) are not packed as groups: the kernel reads them from the rows.
- * Every value is the one dotrt_q4_0 computes and is combined in the same order, so a batch gives
+ * Every value is the one tile_q4_0 computes and is combined in the same order, so a batch gives
  * the same bits as its tokens one by one (the product of a weight and an activation scale is taken
  * once per 16 blocks and spread over the lanes, instead of spreading both and multiplying per step:
  * the same products, one fewer multiply per step on the busiest execution ports).
  */
 #define DL_HAVE_PACKED_Q4_0
-#define DL_PACK_MIN_TOKENS 2
+#define DL_PACK_MIN_TOKENS 1
+#define DL_PACKED_BY_ROWS /* k_matmul_packed: kernels.c's row loop with tile_q4_0, or matmul_blocked_q4_0 */
 #define DL_PACK_GROUP_BYTES 192
 /* bytes of one packed token of nb blocks */
 static inline int64_t pack_token_bytes(int64_t nb) { return nb / 4 * DL_PACK_GROUP_BYTES + (nb + 15) / 16 * 64; }
@@ -309,6 +239,88 @@ static void k_pack_q8_0(void *dst, const void *x, int64_t nb, int64_t n_tok, int
         }
         for (int64_t b = 0; b < (nb + 15) / 16 * 16; b++) sc[b] = b < nb ? f16_scalar(xt[b].d) : 0.0f;
     }
+}
+
+/* The nibble bytes of Q4_0 blocks 4q..4q+3 of a group of 16 (288 bytes at p), block j's 16 bytes in
+ * 128-bit lane j (as load4x16(p + 72q + 2, 18)): two 64-byte loads and one word permute instead of four
+ * loads and three inserts. Block 4q + j's bytes are words 36q + 9j + 1 .. + 8, in the registers at
+ * bytes 64q and 64(q + 1); the last register is loaded masked to the group's end. */
+static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, const int q, const __m512i idx) {
+    const __m512i a = _mm512_loadu_si512((const void *)(p + 64 * q));
+    const __m512i b = q == 3 ? _mm512_maskz_loadu_epi16(0xffff, (const void *)(p + 256)) : _mm512_loadu_si512((const void *)(p + 64 * (q + 1)));
+    return _mm512_permutex2var_epi16(a, _mm512_add_epi16(idx, _mm512_set1_epi16((short)(4 * q))), b);
+}
+
+/* R weight rows (R <= 4, `row_bytes` apart) against T tokens (T <= 4): x (Q8_0 rows, nb blocks apart)
+ * and, when p is not NULL, the same tokens packed by k_pack_q8_0 (pstride bytes apart), whose steps
+ * are then loaded instead of prepared: s[t * R + r]. Each weight step is loaded and unpacked once for
+ * all T tokens, each activation step once for all R rows. With one token the products d_w * d_x are
+ * taken once per 16 blocks and spread over the lanes per step (the same products: the bits do not
+ * change with T, nor with packing). */
+static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x,
+                                                            const int T, int64_t nb) {
+    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    static const uint16_t qw[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26,
+                                    28, 29, 30, 31, 32, 33, 34, 35};
+    const __m512i qidx = _mm512_loadu_si512((const void *)qw);
+    __m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t b = 0;
+    while (nb - b >= 4) {
+        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
+        const __mmask16 m = (__mmask16)((1u << g) - 1);
+        __m512 sx[DL_DOTR_TOKENS], sw[DL_DOTR_ROWS];
+        for (int t = 0; t < T; t++) {
+            const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
+            sx[t] = p ? _mm512_load_ps((const void *)(p + t * pstride + nb / 4 * DL_PACK_GROUP_BYTES + b * 4))
+                      : g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
+        }
+        for (int r = 0; r < R; r++) {
+            const uint8_t *wr = w + r * row_bytes + b * 18;
+            sw[r] = g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m);
+            if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
+            for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
+        }
+        const uint8_t *wg = w + b * 18;
+        for (int64_t k = 0; k < g; k += 4, b += 4) {
+            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
+            __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
+            __m512 lx[DL_DOTR_TOKENS];
+            for (int t = 0; t < T; t++) {
+                if (p) {
+                    const uint8_t *pb = p + t * pstride + b / 4 * DL_PACK_GROUP_BYTES;
+                    xlo[t] = _mm512_load_si512((const void *)pb);
+                    xhi[t] = _mm512_load_si512((const void *)(pb + 64));
+                    neg[t] = _mm512_load_si512((const void *)(pb + 128));
+                } else {
+                    const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
+                    xlo[t] = load4x16(xb + 2, 34);
+                    xhi[t] = load4x16(xb + 18, 34);
+                    /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
+                    neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
+                }
+                if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
+            }
+            for (int r = 0; r < R; r++) {
+                const uint8_t *wq = wg + r * row_bytes;
+                const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
+                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
+                for (int t = 0; t < T; t++) {
+                    const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
+                    acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
+                }
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int r = 0; r < R; r++) {
+            s[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
+            if (b < nb) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
+        }
 }
 
 /* R weight rows (R <= 2) against T packed tokens (T <= 4): s[t * R + r]. Weight steps are loaded and
@@ -365,16 +377,18 @@ static inline __attribute__((always_inline)) void tile_q4_0_packed(float *s, con
 }
 
 /* Rows [ra, rb) of a Q4_0 matmul against n_tok tokens packed at `packed` (x: the same tokens as Q8_0
- * rows, for the blocks after the last whole group). */
-static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
-                            int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
-    (void)wtype; /* Q4_0 only: pack_q8_0_min_tokens is 0 */
+ * rows, for the blocks after the last whole group), in tiles of DL_PACK_ROWS adjacent rows x
+ * DL_PACK_TOKENS tokens; 0 for fewer tokens than a tile (the caller then takes tile_q4_0 over rows one
+ * per quarter of the range, each a stream prefetched ahead: a matrix x vector is read from memory). */
+#define DL_HAVE_MATMUL_BLOCKED
+static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t ldw, const void *packed, const void *x,
+                               int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
     enum { R = DL_PACK_ROWS, T = DL_PACK_TOKENS };
+    if (n_tok < T) return 0;
     const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
     const uint8_t *wb = (const uint8_t *)w, *pk = (const uint8_t *)packed;
     const block_q8_0 *xq = (const block_q8_0 *)x;
     float s[R * T];
-    __attribute__((aligned(32))) float acc[R * T * 8];
     int64_t r = ra;
     for (; r + R <= rb; r += R) {
         int64_t t = 0;
@@ -397,11 +411,12 @@ static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw,
         for (; t < n_tok; t++)
             tile_q4_0_packed(&out[t * ldo + (r - r0)], wb + r * ldw, ldw, 1, pk + t * pstride, pstride, 1, xq + t * nb, nb);
     }
+    return 1;
 }
 
 static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
-    dotrt_q4_0(s, w, row_bytes, R, x, T, nb);
+    tile_q4_0(s, w, row_bytes, R, NULL, 0, x, T, nb);
 }
 
 static inline __attribute__((always_inline)) void dotr1_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
