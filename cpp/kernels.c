@@ -194,7 +194,7 @@ DOT2_GENERIC(dot_bf16)
 #endif
 
 #ifdef DL_PACKED_BY_ROWS
-/* Q4_0 (or, where the variant has a Q8_0 batch path, Q8_0) against tokens packed by k_pack_q8_0, rows
+/* Q4_0 (or, where the variant has a Q8_0 packed path, Q8_0) against tokens packed by k_pack_q8_0, rows
  * grouped as in k_matmul; the tile finds token t's packing from its Q8_0 row (xt - xq = t * nb). */
 static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *x, int64_t n_in, int64_t r0,
                      int64_t ra, int64_t rb, int64_t n_tok);
@@ -203,6 +203,16 @@ static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw,
     if (wtype != DL_TYPE_Q4_0) {
 #ifdef DL_HAVE_MATMUL_BLOCKED_Q8_0
         if (wtype == DL_TYPE_Q8_0 && matmul_blocked_q8_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
+#endif
+#ifdef DL_PACKED_Q8_0_ROWS
+        if (wtype == DL_TYPE_Q8_0) {
+            const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
+#define DOTR_PACKED_Q8(s, wr, stride, R, xt, T, nb_)                                                  \
+    tile_q8_0(s, wr, stride, R, (const uint8_t *)packed + ((xt) - xq) / (nb_) * pstride, pstride, xt, T, nb_)
+            MATMUL_ROWS(DOTR_PACKED_Q8, ldw, nb);
+#undef DOTR_PACKED_Q8
+            return;
+        }
 #endif
         k_matmul(out, ldo, w, ldw, wtype, x, n_in, r0, ra, rb, n_tok);
         return;
