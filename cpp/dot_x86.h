@@ -50,12 +50,25 @@ static inline float dot_f32(const float *w, const float *x, int64_t n) {
 }
 
 /* q . k_j for the 8 rows k_j = k + j * stride (n floats each) into out[0..8): one pass over q for the
- * eight rows (8 independent FMA chains), the eight sums reduced together by a transpose of adds */
+ * eight rows (8 independent FMA chains), the eight sums reduced together by a transpose of adds. With
+ * AVX-512 the chains are 16 floats wide while 16 are left, each folded to 8 before the rest. */
 #define DL_HAVE_DOT8_F32
 static inline void dot8_f32(float *out, const float *q, const float *k, int64_t stride, int64_t n) {
     __m256 a[8];
-    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
     int64_t i = 0;
+#if DL_X86_AVX512
+    {
+        __m512 z[8];
+        for (int j = 0; j < 8; j++) z[j] = _mm512_setzero_ps();
+        for (; i + 16 <= n; i += 16) {
+            const __m512 qv = _mm512_loadu_ps(q + i);
+            for (int j = 0; j < 8; j++) z[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + j * stride + i), z[j]);
+        }
+        for (int j = 0; j < 8; j++) a[j] = _mm256_add_ps(_mm512_castps512_ps256(z[j]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z[j]), 1)));
+    }
+#else
+    for (int j = 0; j < 8; j++) a[j] = _mm256_setzero_ps();
+#endif
     for (; i + 8 <= n; i += 8) {
         const __m256 qv = _mm256_loadu_ps(q + i);
         for (int j = 0; j < 8; j++) a[j] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + j * stride + i), a[j]);
@@ -70,12 +83,24 @@ static inline void dot8_f32(float *out, const float *q, const float *k, int64_t 
         for (int j = 0; j < 8; j++) out[j] += q[i] * k[j * stride + i];
 }
 
-/* o += e[j] * v_j for the 8 rows v_j = v + j * stride, j = 0..7 in order, fused multiply-adds */
+/* o += e[j] * v_j for the 8 rows v_j = v + j * stride, j = 0..7 in order, fused multiply-adds (16
+ * floats per step with AVX-512: the same operations per element, so the same bits) */
 #define DL_HAVE_AXPY8_F32
 static inline void axpy8_f32(float *o, const float *e, const float *v, int64_t stride, int64_t n) {
+    int64_t i = 0;
+#if DL_X86_AVX512
+    {
+        __m512 ez[8];
+        for (int j = 0; j < 8; j++) ez[j] = _mm512_set1_ps(e[j]);
+        for (; i + 16 <= n; i += 16) {
+            __m512 acc = _mm512_loadu_ps(o + i);
+            for (int j = 0; j < 8; j++) acc = _mm512_fmadd_ps(ez[j], _mm512_loadu_ps(v + j * stride + i), acc);
+            _mm512_storeu_ps(o + i, acc);
+        }
+    }
+#endif
     __m256 ev[8];
     for (int j = 0; j < 8; j++) ev[j] = _mm256_set1_ps(e[j]);
-    int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 acc = _mm256_loadu_ps(o + i);
         for (int j = 0; j < 8; j++) acc = _mm256_fmadd_ps(ev[j], _mm256_loadu_ps(v + j * stride + i), acc);

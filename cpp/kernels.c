@@ -413,6 +413,31 @@ static inline const float *rows8_f32(float buf[][DL_ATTN_MAX_HEAD_DIM], const vo
     return (const float *)cache + p * kv_stride;
 }
 
+/* The largest of s[0..n) (n <= DL_ATTN_CHUNK): eight running maxima, then the eight together; the same
+ * value in any order (for scores that are numbers), without one chain of n dependent compares. */
+static inline float chunk_max(const float *s, int64_t n) {
+    float m8[8];
+    for (int i = 0; i < 8; i++) m8[i] = -INFINITY;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int i = 0; i < 8; i++) m8[i] = s[j + i] > m8[i] ? s[j + i] : m8[i];
+    for (; j < n; j++) m8[0] = s[j] > m8[0] ? s[j] : m8[0];
+    float m = m8[0];
+    for (int i = 1; i < 8; i++) m = m8[i] > m ? m8[i] : m;
+    return m;
+}
+
+/* The sum of s[0..n) (n <= DL_ATTN_CHUNK) in eight running sums added pairwise at the end: the same
+ * order in every variant and grouping, without one chain of n dependent adds. */
+static inline float chunk_sum(const float *s, int64_t n) {
+    float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int i = 0; i < 8; i++) a[i] += s[j + i];
+    for (; j < n; j++) a[0] += s[j];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+}
+
 /*
  * Attention of a group of query items that share one KV head: nt tokens x nh query heads
  * (grouped-query attention, and the tokens of a prompt; nt * nh <= DL_ATTN_MAX_GROUP). For each item
@@ -498,16 +523,17 @@ static void k_attention(float *out, const float *q, int64_t q_stride, const void
         }
         for (int64_t it = 0; it < ni; it++) {
             if (n[it] == 0) continue;
-            float cm = -INFINITY;
-            for (int64_t j = 0; j < n[it]; j++) cm = s[it][j] > cm ? s[it][j] : cm;
+            const float cm = chunk_max(s[it], n[it]);
             if (cm > m[it]) {
                 const float c = dl_vexpf(m[it] - cm); /* 0 on the first chunk (m = -inf) */
                 for (int64_t d = 0; d < head_dim; d++) op[it][d] *= c;
                 l[it] *= c;
                 m[it] = cm;
             }
-            for (int64_t j = 0; j < n[it]; j++) s[it][j] = dl_vexpf(s[it][j] - m[it]);
-            for (int64_t j = 0; j < n[it]; j++) l[it] += s[it][j];
+            const float mi = m[it];
+            float *si = s[it];
+            EACH_ELEMENT for (int64_t j = 0; j < n[it]; j++) si[j] = dl_vexpf(si[j] - mi);
+            l[it] += chunk_sum(si, n[it]);
         }
         /* eight keys per pass over each item's out, added in key order */
         for (int64_t j0 = 0; by8 && j0 + 8 <= nmax; j0 += 8) {
