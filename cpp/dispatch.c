@@ -414,6 +414,7 @@ static int64_t packed_tokens(const dl_ctx *ctx, int wtype, int64_t n_in, int64_t
     if (!ctx->scratch || n_in / QK < 4) return 0;
     const int64_t least = wtype == DL_TYPE_Q4_0 ? ctx->k->pack_min_tokens : wtype == DL_TYPE_Q8_0 ? ctx->k->pack_q8_0_min_tokens : 0;
     if (least <= 0 || n_tok < least) return 0;
+    if (wtype == DL_TYPE_Q8_0 && ctx->k->pack_q8_0_max_blocks > 0 && n_in / QK > ctx->k->pack_q8_0_max_blocks) return 0;
     const int64_t per = ctx->k->pack_bytes(n_in / QK);
     if (per <= 0) return 0;
     const int64_t fit = DL_SCRATCH_BYTES / per;

@@ -557,6 +557,8 @@ static int matmul_blocked_q4_0(float *out, int64_t ldo, const void *w, int64_t l
  */
 #define DL_HAVE_MATMUL_BLOCKED_Q8_0
 #define DL_PACK_Q8_0_MIN_TOKENS DLA_BLOCKED_MIN_TOKENS
+/* longer rows take the tiles on the Q8_0 rows as they are: packing them would be wasted */
+#define DL_PACK_Q8_0_MAX_BLOCKS (DLA_BLOCKED_MAX_GROUPS * 4 + 3)
 static inline void dla_unpack_row_q8_0(uint8_t *o, const uint8_t *wr, int64_t ng) {
     for (int64_t g = 0; g < ng; g++, o += DLA_UNPACKED_GROUP_BYTES, wr += 4 * sizeof(block_q8_0)) {
         int8x16_t lo[4], hi[4];

@@ -284,16 +284,30 @@ static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, c
     return _mm512_permutex2var_epi16(a, _mm512_add_epi16(idx, _mm512_set1_epi16((short)(4 * q))), b);
 }
 
-/* R weight rows (R <= 4, `row_bytes` apart) against T tokens (T <= 4): x (Q8_0 rows, nb blocks apart)
- * and, when p is not NULL, the same tokens packed by k_pack_q8_0 (pstride bytes apart), whose steps
- * are then loaded instead of prepared: s[t * R + r]. Each weight step is loaded and unpacked once for
- * all T tokens, each activation step once for all R rows. With one token the products d_w * d_x are
- * taken once per 16 blocks and spread over the lanes per step (the same products: the bits do not
- * change with T, nor with packing). */
-static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x,
-                                                            const int T, int64_t nb) {
-    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
+/*
+ * R weight rows (R <= 4, `row_bytes` apart) of Q4_0 (q4) or Q8_0 weights against T tokens (Q4_0: T <= 4,
+ * Q8_0: T <= 2, more would spill): x (Q8_0 rows, nb blocks apart) and, when p is not NULL, the same
+ * tokens packed by k_pack_q8_0 (pstride bytes apart), whose steps are then loaded instead of prepared:
+ * s[t * R + r]. Four blocks per step, block k + j in 128-bit lane j, against the activations' values
+ * 0..15 (xlo) and 16..31 (xhi) of the same blocks:
+ *   Q4_0: the nibbles (q4_quad; and, shift + and) as they are, unsigned; "- 8" becomes "- 8 * sum(x)"
+ *         per lane (neg);
+ *   Q8_0: the values 0..15 and 16..31 of four blocks (load4x16) + 128, unsigned; "- 128 * sum(x)" is
+ *         16 times the same neg. One conversion, one scale spread and one multiply-add per step serve
+ *         four blocks (two-block steps before 2026-12-02; 6144 x 16384 on one Zen 5 thread, alternated
+ *         4 times: 39.9-40.1 GB/s against 37.4-41.1, probe 42-46; two threads 51.8-57.1 against
+ *         49.5-55.0; a 64-token batch 0.53 -> 0.38 ns per block and token. Word permutes of 64-byte
+ *         loads instead of the 128-bit inserts, as for Q4_0, measured slower for Q8_0: 23-27 GB/s).
+ * Each weight step is loaded and unpacked once for all T tokens, each activation step once for all R
+ * rows. With one token the products d_w * d_x are taken once per 16 blocks and spread over the lanes
+ * per step (the same products: the bits do not change with T, nor with packing).
+ */
+static inline __attribute__((always_inline)) void tile_q(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                         const uint8_t *p, int64_t pstride, const block_q8_0 *x, const int T,
+                                                         int64_t nb, const int q4) {
+    const int64_t bb = q4 ? 18 : 34; /* bytes per weight block */
+    const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), c128 = _mm512_set1_epi8((char)0x80);
+    const __m512i zero = _mm512_setzero_si512();
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     static const uint16_t qw[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26,
                                     28, 29, 30, 31, 32, 33, 34, 35};
@@ -312,12 +326,12 @@ static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint
                       : g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
         }
         for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * row_bytes + b * 18;
-            sw[r] = g == 16 ? q4_scales16(wr) : gather_scales(wr, 18, m);
+            const uint8_t *wr = w + r * row_bytes + b * bb;
+            sw[r] = g == 16 ? (q4 ? q4_scales16(wr) : q8_scales16(wr)) : gather_scales(wr, (int)bb, m);
             if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
-            for (int64_t o = 0; o < 288; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
+            for (int64_t o = 0; o < 16 * bb; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
         }
-        const uint8_t *wg = w + b * 18;
+        const uint8_t *wg = w + b * bb;
         for (int64_t k = 0; k < g; k += 4, b += 4) {
             const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
             __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
@@ -332,15 +346,22 @@ static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint
                     const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
                     xlo[t] = load4x16(xb + 2, 34);
                     xhi[t] = load4x16(xb + 18, 34);
-                    /* -8 * sum(x) per lane: turns the unsigned nibbles into (nibble - 8) */
+                    /* -8 * sum(x) per lane: turns unsigned nibbles into (nibble - 8) */
                     neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
                 }
+                if (!q4) neg[t] = _mm512_slli_epi32(neg[t], 4); /* -128 * sum(x) */
                 if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
             }
             for (int r = 0; r < R; r++) {
                 const uint8_t *wq = wg + r * row_bytes;
-                const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
-                const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                __m512i lo, hi;
+                if (q4) {
+                    const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
+                    lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+                } else {
+                    lo = _mm512_xor_si512(load4x16(wq + 34 * k + 2, 34), c128);
+                    hi = _mm512_xor_si512(load4x16(wq + 34 * k + 18, 34), c128);
+                }
                 const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
                 for (int t = 0; t < T; t++) {
                     const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
@@ -352,8 +373,22 @@ static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
             s[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
-            if (b < nb) s[t * R + r] += dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
+            if (b < nb)
+                s[t * R + r] += q4 ? dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b)
+                                   : dot_q8_0_ref((const block_q8_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
         }
+}
+static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x,
+                                                            const int T, int64_t nb) {
+    tile_q(s, w, row_bytes, R, p, pstride, x, T, nb, 1);
+}
+/* Q8_0: two tokens at a time */
+static inline __attribute__((always_inline)) void tile_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x,
+                                                            const int T, int64_t nb) {
+    for (int t = 0; t < T; t += 2)
+        tile_q(s + t * R, w, row_bytes, R, p ? p + t * pstride : NULL, pstride, x + t * nb, T - t < 2 ? 1 : 2, nb, 0);
 }
 
 /* R weight rows (R <= 2) against T packed tokens (T <= 4): s[t * R + r]. Weight steps are loaded and
@@ -452,85 +487,6 @@ static inline __attribute__((always_inline)) void dotr_q4_0(float *s, const uint
     tile_q4_0(s, w, row_bytes, R, NULL, 0, x, T, nb);
 }
 
-/*
- * Q8_0 weights, four blocks per step in the packed activations' lanes: 128-bit lane j holds block
- * k + j's values 0..15 in one register and 16..31 in another (load4x16), against the same halves of
- * the activations (packed once per call by k_pack_q8_0, or prepared alike), so a lane's four int32
- * sums belong to one block and one conversion, one scale spread and one multiply-add per step serve
- * four blocks (two blocks per step before). The weights + 128 are unsigned; -128 * sum(x) per lane
- * (16 times the packed -8 * sum(x)) takes the 128 back out. 6144 x 16384 on one Zen 5 thread,
- * alternated 4 times with the two-block steps: 39.9-40.1 GB/s against 37.4-41.1 (probe 42-46); two
- * threads 51.8-57.1 against 49.5-55.0. (Two word permutes of 64-byte loads instead of the 128-bit
- * inserts, as for Q4_0, measured slower here: 23-27 GB/s.)
- */
-/* R Q8_0 weight rows (R <= 4, `row_bytes` apart) against T tokens (T <= 2): x (Q8_0 rows) and, when
- * p is not NULL, the same tokens packed (pstride apart): s[t * R + r]. */
-static inline __attribute__((always_inline)) void tile2_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                             const uint8_t *p, int64_t pstride, const block_q8_0 *x,
-                                                             const int T, int64_t nb) {
-    const __m512i c128 = _mm512_set1_epi8((char)0x80), c8 = _mm512_set1_epi8(8), zero = _mm512_setzero_si512();
-    const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 acc[DL_DOTR_ROWS][2];
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
-    int64_t b = 0;
-    while (nb - b >= 4) {
-        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3;
-        const __mmask16 m = (__mmask16)((1u << g) - 1);
-        __m512 sx[2], sw[DL_DOTR_ROWS];
-        for (int t = 0; t < T; t++) {
-            const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
-            sx[t] = p ? _mm512_load_ps((const void *)(p + t * pstride + nb / 4 * DL_PACK_GROUP_BYTES + b * 4))
-                      : g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * row_bytes + b * 34;
-            sw[r] = g == 16 ? q8_scales16(wr) : gather_scales(wr, 34, m);
-            if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
-            for (int64_t o = 0; o < 544; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
-        }
-        for (int64_t k = 0; k < g; k += 4, b += 4) {
-            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
-            __m512i xlo[2], xhi[2], neg[2];
-            __m512 lx[2];
-            for (int t = 0; t < T; t++) {
-                if (p) {
-                    const uint8_t *pb = p + t * pstride + b / 4 * DL_PACK_GROUP_BYTES;
-                    xlo[t] = _mm512_load_si512((const void *)pb);
-                    xhi[t] = _mm512_load_si512((const void *)(pb + 64));
-                    neg[t] = _mm512_slli_epi32(_mm512_load_si512((const void *)(pb + 128)), 4);
-                } else {
-                    const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
-                    xlo[t] = load4x16(xb + 2, 34);
-                    xhi[t] = load4x16(xb + 18, 34);
-                    neg[t] = _mm512_slli_epi32(_mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t])), 4);
-                }
-                if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
-            }
-            for (int r = 0; r < R; r++) {
-                const uint8_t *wb = w + r * row_bytes + b * 34;
-                const __m512i lo = _mm512_xor_si512(load4x16(wb + 2, 34), c128), hi = _mm512_xor_si512(load4x16(wb + 18, 34), c128);
-                const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
-                for (int t = 0; t < T; t++) {
-                    const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
-                    acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
-                }
-            }
-        }
-    }
-    for (int t = 0; t < T; t++)
-        for (int r = 0; r < R; r++) {
-            s[t * R + r] = _mm512_reduce_add_ps(acc[r][t]);
-            if (b < nb) s[t * R + r] += dot_q8_0_ref((const block_q8_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
-        }
-}
-/* The same for T <= DL_DOTR_TOKENS tokens, two at a time (four would need more than 32 registers). */
-static inline __attribute__((always_inline)) void tile_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x,
-                                                            const int T, int64_t nb) {
-    for (int t = 0; t < T; t += 2)
-        tile2_q8_0(s + t * R, w, row_bytes, R, p ? p + t * pstride : NULL, pstride, x + t * nb, T - t < 2 ? 1 : 2, nb);
-}
 static inline __attribute__((always_inline)) void dotr_q8_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
                                                             const block_q8_0 *x, const int T, int64_t nb) {
     tile_q8_0(s, w, row_bytes, R, NULL, 0, x, T, nb);

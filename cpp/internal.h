@@ -64,6 +64,7 @@ typedef struct dl_kernels {
     int64_t (*pack_bytes)(int64_t nb);
     int64_t pack_min_tokens;      /* Q4_0 matmuls of fewer tokens read x as it is */
     int64_t pack_q8_0_min_tokens; /* Q8_0 weights: the same; 0 = never packed */
+    int64_t pack_q8_0_max_blocks; /* Q8_0 rows of more blocks are not packed (their path reads x); 0 = no limit */
     void (*matmul_packed)(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
                           int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok);
 } dl_kernels;

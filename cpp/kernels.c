@@ -670,6 +670,9 @@ const dl_kernels DL_CAT(dl_kernels_, DL_VARIANT) = {
 #ifdef DL_PACK_Q8_0_MIN_TOKENS
     .pack_q8_0_min_tokens = DL_PACK_Q8_0_MIN_TOKENS,
 #endif
+#ifdef DL_PACK_Q8_0_MAX_BLOCKS
+    .pack_q8_0_max_blocks = DL_PACK_Q8_0_MAX_BLOCKS,
+#endif
     .matmul_packed = k_matmul_packed,
 #endif
 };

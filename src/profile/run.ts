@@ -27,10 +27,11 @@ function callCostNs(): number {
   return (Bun.nanoseconds() - t0) / n;
 }
 
-/** One table per node for the window just measured (the root's wall time `rootWallNs`, each worker's its
- *  own), per token over `tokens`; `reset` clears the workers' counters for the next window. */
-async function nodeTables(e: Engine, rootWallNs: number, tokens: number, reset: boolean): Promise<NodeProfile[]> {
-  const nodes = [nodeProfile("root", "root", countersOf(e.prof!), rootWallNs, tokens)];
+/** One table per node for the window just measured (the root's counters `root` and wall time
+ *  `rootWallNs`, each worker's its own), per token over `tokens`; `reset` clears the workers' counters
+ *  for the next window. */
+async function nodeTables(e: Engine, root: Counters, rootWallNs: number, tokens: number, reset: boolean): Promise<NodeProfile[]> {
+  const nodes = [nodeProfile("root", "root", root, rootWallNs, tokens)];
   const workers: Counters[] = (await e.peers?.workerCounters(reset)) ?? [];
   workers.forEach((c, i) => nodes.push(nodeProfile(e.peers!.conns[i]!.peer, "worker", c, c.elapsedNs, tokens)));
   return nodes;
@@ -53,7 +54,7 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
   let t0 = performance.now();
   let logits = await e.model.forward(prompt, 0, cache);
   const promptSeconds = (performance.now() - t0) / 1000;
-  const promptNodes = await nodeTables(e, promptSeconds * 1e9, prompt.length, true);
+  const promptNodes = await nodeTables(e, countersOf(prof), promptSeconds * 1e9, prompt.length, true);
 
   // the profiled window: N x (sample, forward one token), on every node
   prof.reset();
@@ -67,7 +68,7 @@ export async function runProfile(e: Engine, o: ProfileOptions): Promise<ProfileR
   }
   const wallNs = (performance.now() - t0) * 1e6;
   const root = countersOf(prof);
-  const perNode = await nodeTables(e, wallNs, o.tokens, false);
+  const perNode = await nodeTables(e, root, wallNs, o.tokens, false);
 
   const timed = root.calls.reduce((a, b) => a + b, 0) / o.tokens;
   const nsPerCall = callCostNs();
