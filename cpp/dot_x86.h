@@ -162,12 +162,20 @@ static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const 
 /*
  * AVX-512 Q4_0 / Q8_0 x Q8_0 over R weight rows at once (R <= 4), sharing every activation load.
  * Four blocks per 512-bit step: each 128-bit lane holds one block's 16 low (or high) nibbles, so a
- * lane's four int32 sums belong to one block. The fp16 scales of 16 blocks are fetched with one
- * gather and converted together; a permute spreads each block's dw*dx over its lanes.
+ * lane's four int32 sums belong to one block. The fp16 scales of 16 blocks are read with word
+ * permutes of plain loads (a gather only for a last group of fewer than 16) and converted together;
+ * a permute spreads each block's dw*dx over its lanes.
  */
 #define DL_HAVE_DOTR
 #define DL_DOTR_ROWS 4
 #define DL_DOTR_TOKENS 4
+/* The DL_DOTR_ROWS rows of a call are one per quarter of the row range (DL_DOTR_STREAMS, kernels.c),
+ * so each is the head of a long sequential stream, and each group of 16 blocks prefetches its stream
+ * DL_AHEAD bytes on. Measured on one Zen 5 thread (a throwaway C harness, 6144 x 16384 Q8_0 and
+ * 11264 x 16384 Q4_0, alternated with the previous library): 4 adjacent rows, each prefetching the
+ * same place in the next 4 rows (into L2), read Q8_0 at 17-22 GB/s and Q4_0 at 27-30; the quarters
+ * with 2-3 KiB ahead (into L1) at 24-28 and 28-32 against a probe of 31-34, with 1 KiB or 4-6 KiB
+ * ahead slower, and with no software prefetch at all 15 (Q8_0). */
 #define DL_DOTR_STREAMS 1
 #define DL_AHEAD 3072
 
@@ -176,11 +184,6 @@ static inline __m512i load4x16(const uint8_t *p, int64_t stride) {
     z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + stride)), 1);
     z = _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 2 * stride)), 2);
     return _mm512_inserti32x4(z, _mm_loadu_si128((const __m128i *)(p + 3 * stride)), 3);
-}
-
-static inline __m512i load2x32(const uint8_t *p, int64_t stride) {
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p)),
-                              _mm256_loadu_si256((const __m256i *)(p + stride)), 1);
 }
 
 /* fp16 scales at offset 0 of up to 16 blocks `stride` bytes apart, as floats (lanes off in m are 0). */
@@ -222,14 +225,6 @@ static inline __m512 q8_scales16(const uint8_t *p) {
     }
     return _mm512_cvtph_ps(_mm512_castsi512_si256(v));
 }
-
-/* The DL_DOTR_ROWS rows of a call are one per quarter of the row range (DL_DOTR_STREAMS, kernels.c),
- * so each is the head of a long sequential stream, and each group of 16 blocks prefetches its stream
- * DL_AHEAD bytes on. Measured on one Zen 5 thread (a throwaway C harness, 6144 x 16384 Q8_0 and
- * 11264 x 16384 Q4_0, alternated with the previous library): 4 adjacent rows, each prefetching the
- * same place in the next 4 rows (into L2), read Q8_0 at 17-22 GB/s and Q4_0 at 27-30; the quarters
- * with 2-3 KiB ahead (into L1) at 24-28 and 28-32 against a probe of 31-34, with 1 KiB or 4-6 KiB
- * ahead slower, and with no software prefetch at all 15 (Q8_0). */
 
 /*
  * Batches (prompt processing) with packed activations. A batch is compute-bound, and tile_q4_0 on rows spends

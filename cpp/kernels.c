@@ -200,31 +200,24 @@ static void k_matmul(float *out, int64_t ldo, const void *w, int64_t ldw, int wt
                      int64_t ra, int64_t rb, int64_t n_tok);
 static void k_matmul_packed(float *out, int64_t ldo, const void *w, int64_t ldw, int wtype, const void *packed, const void *x,
                             int64_t n_in, int64_t r0, int64_t ra, int64_t rb, int64_t n_tok) {
-    if (wtype != DL_TYPE_Q4_0) {
 #ifdef DL_HAVE_MATMUL_BLOCKED_Q8_0
-        if (wtype == DL_TYPE_Q8_0 && matmul_blocked_q8_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
+    if (wtype == DL_TYPE_Q8_0 && matmul_blocked_q8_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
 #endif
-#ifdef DL_PACKED_Q8_0_ROWS
-        if (wtype == DL_TYPE_Q8_0) {
-            const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
-#define DOTR_PACKED_Q8(s, wr, stride, R, xt, T, nb_)                                                  \
-    tile_q8_0(s, wr, stride, R, (const uint8_t *)packed + ((xt) - xq) / (nb_) * pstride, pstride, xt, T, nb_)
-            MATMUL_ROWS(DOTR_PACKED_Q8, ldw, nb);
-#undef DOTR_PACKED_Q8
-            return;
-        }
-#endif
-        k_matmul(out, ldo, w, ldw, wtype, x, n_in, r0, ra, rb, n_tok);
-        return;
-    }
 #ifdef DL_HAVE_MATMUL_BLOCKED
-    if (matmul_blocked_q4_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
+    if (wtype == DL_TYPE_Q4_0 && matmul_blocked_q4_0(out, ldo, w, ldw, packed, x, n_in, r0, ra, rb, n_tok)) return;
 #endif
     const int64_t nb = n_in / QK, pstride = pack_token_bytes(nb);
-#define DOTR_PACKED(s, wr, stride, R, xt, T, nb_)                                                     \
-    tile_q4_0(s, wr, stride, R, (const uint8_t *)packed + ((xt) - xq) / (nb_) * pstride, pstride, xt, T, nb_)
-    MATMUL_ROWS(DOTR_PACKED, ldw, nb);
-#undef DOTR_PACKED
+#define PACKED_OF(xt, nb_) ((const uint8_t *)packed + ((xt) - xq) / (nb_) * pstride)
+#define DOTR_PACKED_Q4(s, wr, stride, R, xt, T, nb_) tile_q4_0(s, wr, stride, R, PACKED_OF(xt, nb_), pstride, xt, T, nb_)
+#define DOTR_PACKED_Q8(s, wr, stride, R, xt, T, nb_) tile_q8_0(s, wr, stride, R, PACKED_OF(xt, nb_), pstride, xt, T, nb_)
+    if (wtype == DL_TYPE_Q4_0) MATMUL_ROWS(DOTR_PACKED_Q4, ldw, nb);
+#ifdef DL_PACKED_Q8_0_ROWS
+    else if (wtype == DL_TYPE_Q8_0) MATMUL_ROWS(DOTR_PACKED_Q8, ldw, nb);
+#endif
+    else k_matmul(out, ldo, w, ldw, wtype, x, n_in, r0, ra, rb, n_tok);
+#undef DOTR_PACKED_Q8
+#undef DOTR_PACKED_Q4
+#undef PACKED_OF
 }
 #endif
 
