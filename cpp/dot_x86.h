@@ -170,9 +170,10 @@ static inline __m256i load256(const void *p) { return _mm256_loadu_si256((const 
 #define DL_DOTR_ROWS 4
 #define DL_DOTR_TOKENS 4
 /* The DL_DOTR_ROWS rows of a call are one per quarter of the row range (DL_DOTR_STREAMS, kernels.c),
- * so each is the head of a long sequential stream, and each group of 16 blocks prefetches its stream
- * DL_AHEAD bytes on. Measured on one Zen 5 thread (a throwaway C harness, 6144 x 16384 Q8_0 and
- * 11264 x 16384 Q4_0, alternated with the previous library): 4 adjacent rows, each prefetching the
+ * so each is the head of a long sequential stream, and each step of 4 blocks prefetches its bytes of
+ * the stream DL_AHEAD bytes on (each group of 16 blocks until 2026-12-03: see tile_q). Measured on one
+ * Zen 5 thread (a throwaway C harness, 6144 x 16384 Q8_0 and 11264 x 16384 Q4_0, alternated with the
+ * previous library): 4 adjacent rows, each prefetching the
  * same place in the next 4 rows (into L2), read Q8_0 at 17-22 GB/s and Q4_0 at 27-30; the quarters
  * with 2-3 KiB ahead (into L1) at 24-28 and 28-32 against a probe of 31-34, with 1 KiB or 4-6 KiB
  * ahead slower, and with no software prefetch at all 15 (Q8_0). */
@@ -289,81 +290,115 @@ static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, c
  *         per lane (neg);
  *   Q8_0: the values 0..15 and 16..31 of four blocks (load4x16) + 128, unsigned; "- 128 * sum(x)" is
  *         16 times the same neg. One conversion, one scale spread and one multiply-add per step serve
- *         four blocks (two-block steps before 2026-12-02; 6144 x 16384 on one Zen 5 thread, alternated
- *         4 times: 39.9-40.1 GB/s against 37.4-41.1, probe 42-46; two threads 51.8-57.1 against
- *         49.5-55.0; a 64-token batch 0.53 -> 0.38 ns per block and token. Word permutes of 64-byte
- *         loads instead of the 128-bit inserts, as for Q4_0, measured slower for Q8_0: 23-27 GB/s).
+ *         four blocks (two-block steps before 2026-12-02: a 64-token batch 0.53 -> 0.38 ns per block
+ *         and token).
  * Each weight step is loaded and unpacked once for all T tokens, each activation step once for all R
  * rows. With one token the products d_w * d_x are taken once per 16 blocks and spread over the lanes
  * per step (the same products: the bits do not change with T, nor with packing).
+ * Whether p is given and whether a group is whole are constants in each copy of the steps (tile_q,
+ * tile_group), and a whole group's four steps are unrolled: compiled as one loop, with those tests
+ * and q4_quad's last-step test inside it and its pointers spilled, the steps took 1.13 cycles per
+ * Q4_0 block and row (4 rows, one token, in L2, one Zen 5 thread at ~3.6 GHz); straight, 0.86-0.91.
+ * Each step prefetches its own bytes of each row DL_AHEAD on (once per group of 16 blocks, 5-9
+ * prefetches per row at a time, before): from memory (11264 x 16384 Q4_0, 6144 x 16384 Q8_0, one
+ * thread, alternated with the previous library in one process) Q4_0 0.44-0.47 ns per block against
+ * 0.43-0.48, Q8_0 0.78-0.86 against 0.84-0.94; from L3 (5632 x 2048 and 2048 x 5632 Q4_0, a decode
+ * layer's shapes) 59-62 GB/s against 46-47. Not kept: word permutes of 64-byte loads for the Q8_0
+ * steps (4 loads, 2 permutes instead of 8 loads and 6 inserts): 62 -> 73 GB/s in L2, but 33 -> 21
+ * from memory (their loads straddle cache lines); aligned 64-byte loads for q4_quad: no faster.
  */
-static inline __attribute__((always_inline)) void tile_q(float *s, const uint8_t *w, int64_t row_bytes, const int R,
-                                                         const uint8_t *p, int64_t pstride, const block_q8_0 *x, const int T,
-                                                         int64_t nb, const int q4) {
+/* One step of tile_q: blocks b..b+3, the k-th to k+3-th of a group of g whose scales are sx and sw
+ * (see tile_group). */
+static inline __attribute__((always_inline)) void tile_step(__m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS], const uint8_t *wg,
+                                                            int64_t row_bytes, const int R, const uint8_t *p, int64_t pstride,
+                                                            const block_q8_0 *x, const int T, int64_t nb, const int q4,
+                                                            int64_t b, const int64_t k, const int64_t g, const int P,
+                                                            const __m512 sx[DL_DOTR_TOKENS], const __m512 sw[DL_DOTR_ROWS]) {
     const int64_t bb = q4 ? 18 : 34; /* bytes per weight block */
     const __m512i m4 = _mm512_set1_epi8(15), c8 = _mm512_set1_epi8(8), c128 = _mm512_set1_epi8((char)0x80);
     const __m512i zero = _mm512_setzero_si512();
     const __m512i spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     static const uint16_t qw[32] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26,
                                     28, 29, 30, 31, 32, 33, 34, 35};
-    const __m512i qidx = _mm512_loadu_si512((const void *)qw);
+    const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
+    __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
+    __m512 lx[DL_DOTR_TOKENS];
+    for (int t = 0; t < T; t++) {
+        if (P) {
+            const uint8_t *pb = p + t * pstride + b / 4 * DL_PACK_GROUP_BYTES;
+            xlo[t] = _mm512_load_si512((const void *)pb);
+            xhi[t] = _mm512_load_si512((const void *)(pb + 64));
+            neg[t] = _mm512_load_si512((const void *)(pb + 128));
+        } else {
+            const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
+            xlo[t] = load4x16(xb + 2, 34);
+            xhi[t] = load4x16(xb + 18, 34);
+            /* -8 * sum(x) per lane: turns unsigned nibbles into (nibble - 8) */
+            neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
+        }
+        if (!q4) neg[t] = _mm512_slli_epi32(neg[t], 4); /* -128 * sum(x) */
+        if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
+    }
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wq = wg + r * row_bytes;
+        __m512i lo, hi;
+        for (int64_t o = 0; o < 4 * bb; o += 64) _mm_prefetch((const char *)wq + bb * k + DL_AHEAD + o, _MM_HINT_T0);
+        if (q4) {
+            const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), _mm512_loadu_si512((const void *)qw)) : load4x16(wq + 18 * k + 2, 18);
+            lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+        } else {
+            lo = _mm512_xor_si512(load4x16(wq + 34 * k + 2, 34), c128);
+            hi = _mm512_xor_si512(load4x16(wq + 34 * k + 18, 34), c128);
+        }
+        const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
+        for (int t = 0; t < T; t++) {
+            const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
+            acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
+        }
+    }
+}
+
+/* Blocks b..b+g-1 of tile_q (g = 16, or 4, 8 or 12 at the end of a row): the scales of the group,
+ * then its steps, unrolled for a whole group (g and P are constants at each call). */
+static inline __attribute__((always_inline)) void tile_group(__m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS], const uint8_t *w,
+                                                             int64_t row_bytes, const int R, const uint8_t *p, int64_t pstride,
+                                                             const block_q8_0 *x, const int T, int64_t nb, const int q4,
+                                                             int64_t b, const int64_t g, const int P) {
+    const int64_t bb = q4 ? 18 : 34; /* bytes per weight block */
+    const __mmask16 m = (__mmask16)((1u << g) - 1);
+    __m512 sx[DL_DOTR_TOKENS], sw[DL_DOTR_ROWS];
+    for (int t = 0; t < T; t++) {
+        const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
+        sx[t] = P ? _mm512_load_ps((const void *)(p + t * pstride + nb / 4 * DL_PACK_GROUP_BYTES + b * 4))
+                  : g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
+    }
+    for (int r = 0; r < R; r++) {
+        const uint8_t *wr = w + r * row_bytes + b * bb;
+        sw[r] = g == 16 ? (q4 ? q4_scales16(wr) : q8_scales16(wr)) : gather_scales(wr, (int)bb, m);
+        if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
+    }
+    const uint8_t *wg = w + b * bb;
+    if (g == 16) {
+        tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b, 0, 16, P, sx, sw);
+        tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + 4, 4, 16, P, sx, sw);
+        tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + 8, 8, 16, P, sx, sw);
+        tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + 12, 12, 16, P, sx, sw);
+    } else
+        for (int64_t k = 0; k < g; k += 4) tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + k, k, g, P, sx, sw);
+}
+
+static inline __attribute__((always_inline)) void tile_rows(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                            const uint8_t *p, int64_t pstride, const block_q8_0 *x, const int T,
+                                                            int64_t nb, const int q4, const int P) {
     __m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS];
     for (int r = 0; r < R; r++)
         for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
     int64_t b = 0;
-    while (nb - b >= 4) {
-        const int64_t g = nb - b >= 16 ? 16 : (nb - b) & ~(int64_t)3; /* blocks in this group */
-        const __mmask16 m = (__mmask16)((1u << g) - 1);
-        __m512 sx[DL_DOTR_TOKENS], sw[DL_DOTR_ROWS];
-        for (int t = 0; t < T; t++) {
-            const uint8_t *xt = (const uint8_t *)(x + t * nb + b);
-            sx[t] = p ? _mm512_load_ps((const void *)(p + t * pstride + nb / 4 * DL_PACK_GROUP_BYTES + b * 4))
-                      : g == 16 ? q8_scales16(xt) : gather_scales(xt, 34, m);
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *wr = w + r * row_bytes + b * bb;
-            sw[r] = g == 16 ? (q4 ? q4_scales16(wr) : q8_scales16(wr)) : gather_scales(wr, (int)bb, m);
-            if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
-            for (int64_t o = 0; o < 16 * bb; o += 64) _mm_prefetch((const char *)wr + DL_AHEAD + o, _MM_HINT_T0);
-        }
-        const uint8_t *wg = w + b * bb;
-        for (int64_t k = 0; k < g; k += 4, b += 4) {
-            const __m512i lane = _mm512_add_epi32(spread, _mm512_set1_epi32((int)k));
-            __m512i xlo[DL_DOTR_TOKENS], xhi[DL_DOTR_TOKENS], neg[DL_DOTR_TOKENS];
-            __m512 lx[DL_DOTR_TOKENS];
-            for (int t = 0; t < T; t++) {
-                if (p) {
-                    const uint8_t *pb = p + t * pstride + b / 4 * DL_PACK_GROUP_BYTES;
-                    xlo[t] = _mm512_load_si512((const void *)pb);
-                    xhi[t] = _mm512_load_si512((const void *)(pb + 64));
-                    neg[t] = _mm512_load_si512((const void *)(pb + 128));
-                } else {
-                    const uint8_t *xb = (const uint8_t *)(x + t * nb + b);
-                    xlo[t] = load4x16(xb + 2, 34);
-                    xhi[t] = load4x16(xb + 18, 34);
-                    /* -8 * sum(x) per lane: turns unsigned nibbles into (nibble - 8) */
-                    neg[t] = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, c8, xlo[t]), c8, xhi[t]));
-                }
-                if (!q4) neg[t] = _mm512_slli_epi32(neg[t], 4); /* -128 * sum(x) */
-                if (T > 1) lx[t] = _mm512_permutexvar_ps(lane, sx[t]);
-            }
-            for (int r = 0; r < R; r++) {
-                const uint8_t *wq = wg + r * row_bytes;
-                __m512i lo, hi;
-                if (q4) {
-                    const __m512i q = g == 16 ? q4_quad(wq, (int)(k / 4), qidx) : load4x16(wq + 18 * k + 2, 18);
-                    lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
-                } else {
-                    lo = _mm512_xor_si512(load4x16(wq + 34 * k + 2, 34), c128);
-                    hi = _mm512_xor_si512(load4x16(wq + 34 * k + 18, 34), c128);
-                }
-                const __m512 lw = _mm512_permutexvar_ps(lane, sw[r]);
-                for (int t = 0; t < T; t++) {
-                    const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg[t], lo, xlo[t]), hi, xhi[t]);
-                    acc[r][t] = _mm512_fmadd_ps(T == 1 ? lw : _mm512_mul_ps(lw, lx[t]), _mm512_cvtepi32_ps(d), acc[r][t]);
-                }
-            }
-        }
+    for (; nb - b >= 16; b += 16) tile_group(acc, w, row_bytes, R, p, pstride, x, T, nb, q4, b, 16, P);
+    if (nb - b >= 4) {
+        const int64_t g = (nb - b) & ~(int64_t)3;
+        tile_group(acc, w, row_bytes, R, p, pstride, x, T, nb, q4, b, g, P);
+        b += g;
     }
     for (int t = 0; t < T; t++)
         for (int r = 0; r < R; r++) {
@@ -372,6 +407,12 @@ static inline __attribute__((always_inline)) void tile_q(float *s, const uint8_t
                 s[t * R + r] += q4 ? dot_q4_0_ref((const block_q4_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b)
                                    : dot_q8_0_ref((const block_q8_0 *)(w + r * row_bytes) + b, x + t * nb + b, nb - b);
         }
+}
+static inline __attribute__((always_inline)) void tile_q(float *s, const uint8_t *w, int64_t row_bytes, const int R,
+                                                         const uint8_t *p, int64_t pstride, const block_q8_0 *x, const int T,
+                                                         int64_t nb, const int q4) {
+    if (p) tile_rows(s, w, row_bytes, R, p, pstride, x, T, nb, q4, 1);
+    else tile_rows(s, w, row_bytes, R, NULL, 0, x, T, nb, q4, 0);
 }
 static inline __attribute__((always_inline)) void tile_q4_0(float *s, const uint8_t *w, int64_t row_bytes, const int R,
                                                             const uint8_t *p, int64_t pstride, const block_q8_0 *x,
