@@ -296,9 +296,11 @@ static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, c
  * rows. With one token the products d_w * d_x are taken once per 16 blocks and spread over the lanes
  * per step (the same products: the bits do not change with T, nor with packing).
  * Whether p is given and whether a group is whole are constants in each copy of the steps (tile_q,
- * tile_group), and a whole group's four steps are unrolled: compiled as one loop, with those tests
- * and q4_quad's last-step test inside it and its pointers spilled, the steps took 1.13 cycles per
- * Q4_0 block and row (4 rows, one token, in L2, one Zen 5 thread at ~3.6 GHz); straight, 0.86-0.91.
+ * tile_group), and a whole Q4_0 group's four steps are unrolled: compiled as one loop, with those
+ * tests and q4_quad's last-step test inside it and its pointers spilled, the steps took 1.13 cycles
+ * per Q4_0 block and row (4 rows, one token, in L2, one Zen 5 thread at ~3.6 GHz); straight,
+ * 0.86-0.91. (Q8_0 steps unrolled too: a 64-token batch, two tokens per tile, 0.35 -> 0.47 ns per
+ * block and token; not unrolled 0.34.)
  * Each step prefetches its own bytes of each row DL_AHEAD on (once per group of 16 blocks, 5-9
  * prefetches per row at a time, before): from memory (11264 x 16384 Q4_0, 6144 x 16384 Q8_0, one
  * thread, alternated with the previous library in one process) Q4_0 0.44-0.47 ns per block against
@@ -359,7 +361,7 @@ static inline __attribute__((always_inline)) void tile_step(__m512 acc[DL_DOTR_R
 }
 
 /* Blocks b..b+g-1 of tile_q (g = 16, or 4, 8 or 12 at the end of a row): the scales of the group,
- * then its steps, unrolled for a whole group (g and P are constants at each call). */
+ * then its steps, unrolled for a whole Q4_0 group (g and P are constants at each call). */
 static inline __attribute__((always_inline)) void tile_group(__m512 acc[DL_DOTR_ROWS][DL_DOTR_TOKENS], const uint8_t *w,
                                                              int64_t row_bytes, const int R, const uint8_t *p, int64_t pstride,
                                                              const block_q8_0 *x, const int T, int64_t nb, const int q4,
@@ -378,7 +380,7 @@ static inline __attribute__((always_inline)) void tile_group(__m512 acc[DL_DOTR_
         if (T == 1) sw[r] = _mm512_mul_ps(sw[r], sx[0]);
     }
     const uint8_t *wg = w + b * bb;
-    if (g == 16) {
+    if (g == 16 && q4) {
         tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b, 0, 16, P, sx, sw);
         tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + 4, 4, 16, P, sx, sw);
         tile_step(acc, wg, row_bytes, R, p, pstride, x, T, nb, q4, b + 8, 8, 16, P, sx, sw);
