@@ -25,8 +25,12 @@ interface Worker {
 }
 
 /** Starts a worker on a free port and waits until it listens. */
-async function worker(model: string, ...extra: string[]): Promise<Worker> {
-  const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--port", "0", "--host", "127.0.0.1", "--model", model, "--threads", "1", ...extra], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+function worker(model: string, ...extra: string[]): Promise<Worker> {
+  return workerWith(process.env, model, ...extra);
+}
+
+async function workerWith(env: Record<string, string | undefined>, model: string, ...extra: string[]): Promise<Worker> {
+  const proc = Bun.spawn([...EXEC, process.execPath, MAIN, "--port", "0", "--host", "127.0.0.1", "--model", model, "--threads", "1", ...extra], { cwd: ROOT, stdout: "pipe", stderr: "pipe", env });
   running.push(proc);
   let text = "";
   const reader = proc.stderr.getReader();
@@ -47,8 +51,12 @@ async function worker(model: string, ...extra: string[]): Promise<Worker> {
 }
 
 function root(...args: string[]) {
+  return rootWith(process.env, ...args);
+}
+
+function rootWith(env: Record<string, string | undefined>, ...args: string[]) {
   const t0 = performance.now();
-  const p = Bun.spawnSync([...EXEC, process.execPath, MAIN, ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawnSync([...EXEC, process.execPath, MAIN, ...args], { cwd: ROOT, stdout: "pipe", stderr: "pipe", env });
   return { code: p.exitCode, out: p.stdout.toString(), err: p.stderr.toString(), seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -125,6 +133,29 @@ describe("same results as one node", () => {
       }
     }, 60_000);
   }
+
+  test("reading the next weights ahead while waiting (DAIRLLM_WARM) changes nothing in the text, on 2 and 3 nodes", async () => {
+    const env = { ...process.env, DAIRLLM_WARM: "auto" };
+    for (const [name, nodes] of [["tiny-q4_0", 2], ["odd-q4_0", 3]] as const) {
+      const model = join(MODELS, `${name}.gguf`);
+      const ref = await Bun.file(join(MODELS, `${name}.ref.json`)).json();
+      const ws = await Promise.all(Array.from({ length: nodes - 1 }, () => workerWith(env, model)));
+      try {
+        const args = ["--root", "-m", model, "-p", ref.greedy.prompt_text, "-n", "32", "--temp", "0"];
+        const one = root(...args);
+        const many = rootWith(env, ...args, "--workers", ws.map((w) => w.addr).join(","));
+        expect(many.code).toBe(0);
+        expect(many.out).toBe(one.out);
+        expect(many.err).not.toContain("DAIRLLM_WARM");
+      } finally {
+        stop(ws);
+      }
+    }
+    // a value it cannot read is said once, by name, and the run goes on without it
+    const bad = rootWith({ ...process.env, DAIRLLM_WARM: "lots" }, "--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "a", "-n", "2", "--temp", "0");
+    expect(bad.code).toBe(0);
+    expect(bad.err).toContain('DAIRLLM_WARM must be "auto" or a number of MiB (0: off), not "lots"; reading ahead while waiting is off');
+  }, 60_000);
 
   test("nodes of unequal speed: --split 3,1,2 and --split auto give one node's text, the shares follow the weights", async () => {
     const model = join(MODELS, "mini-q4_0.gguf"); // 4 KV heads, 22 feed-forward blocks

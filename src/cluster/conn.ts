@@ -4,6 +4,7 @@
 import type { Socket } from "bun";
 import { Framer, Writer } from "./framer";
 import { type Spinner } from "./spin";
+import { type Warmer, warmWhile } from "./warm";
 import { decodeMessage, type Message, MessageType, messageTypeName, ProtocolError, writeMessage } from "./protocol";
 
 export interface Received {
@@ -126,9 +127,10 @@ export class Conn {
 
   /**
    * The next message, or an error when the connection closes or nothing comes within `timeoutMs`.
-   * With a `spinner`, a message due soon is busy-polled for (spin.ts) before the process sleeps.
+   * With a `warmer`, the weights read next are read into the cache while it is awaited (warm.ts);
+   * with a `spinner`, a message due soon is busy-polled for (spin.ts) before the process sleeps.
    */
-  next(timeoutMs: number, what: string, spinner: Spinner | null = null): Promise<Received> {
+  next(timeoutMs: number, what: string, spinner: Spinner | null = null, warmer: Warmer | null = null): Promise<Received> {
     const r = this.inbox.shift();
     if (r) return Promise.resolve(r);
     if (this.closedWith) return Promise.reject(this.closedWith);
@@ -148,7 +150,9 @@ export class Conn {
         },
       };
       this.waiter = waiter;
-      spinner?.spin(() => this.waiter !== waiter);
+      const done = () => this.waiter !== waiter;
+      if (warmer) warmWhile(warmer, done, spinner);
+      else spinner?.spin(done);
     });
   }
 

@@ -8,6 +8,7 @@ import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn, connect, parseWorkerList, type Received, Silent } from "./conn";
 import { type Spinner, spinner } from "./spin";
+import { processWarmer, type Warmer } from "./warm";
 import { sliceOffsets } from "./plan";
 import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
 import { dominantType, measureSpeed, weightsFromSpeeds } from "./speed";
@@ -83,6 +84,8 @@ export class ClusterPeers implements Peers {
   slices: Slice[] = [];
   /** the relative weights the shares were cut by (--split), the root first */
   weights: number[] = [];
+  /** reads the next weights into the cache while a reduction is awaited (warm.ts); null: off */
+  readonly warmer: Warmer | null;
 
   private constructor(
     readonly conns: Conn[],
@@ -93,6 +96,7 @@ export class ClusterPeers implements Peers {
     private readonly prof: Profiler | null,
     private readonly spinner: Spinner | null,
   ) {
+    this.warmer = processWarmer(k);
     this.workerRows = conns.map(() => null);
     this.localLogitRows = [];
   }
@@ -210,7 +214,7 @@ export class ClusterPeers implements Peers {
    * More: the root adds the workers' partials to its own and sends the sum back. Each node adds
    * partials as the wire delivers them (its own too), so every copy of the residual stream is equal.
    */
-  async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
+  async reduce(layer: number, phase: Phase, part: Float32Array, n: number, next?: readonly Uint8Array[]): Promise<void> {
     const size = n * this.c.dim, shape = [n, this.c.dim];
     if (this.tmp.length < size) this.tmp = new Float32Array(size);
     const own = part.subarray(0, size);
@@ -222,8 +226,10 @@ export class ClusterPeers implements Peers {
     const p = this.prof;
     let t = p ? p.start() : 0;
     const conns = this.conns;
+    const warmer = next?.length ? this.warmer : null;
+    warmer?.start(next!);
     // one worker (the common case): no Promise.all and no array of promises per reduction
-    const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner)] : await this.gather(what);
+    const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner, warmer)] : await this.gather(what, warmer);
     if (p) p.stop(Op.NetworkWait, t);
     this.stats.syncs++;
     for (let i = 0; i < results.length; i++) {
@@ -254,8 +260,8 @@ export class ClusterPeers implements Peers {
    * partial, so a dead worker can make a live one answer with an Error and a stalled one can keep
    * others silent. A closed connection is named first; else every worker that stayed silent.
    */
-  private async gather(what: string): Promise<Received[]> {
-    const settled = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner).catch((e: Error) => e)));
+  private async gather(what: string, warmer: Warmer | null = null): Promise<Received[]> {
+    const settled = await Promise.all(this.conns.map((conn) => conn.next(this.stallMs, what, this.spinner, warmer).catch((e: Error) => e)));
     const closed = settled.find((r) => r instanceof Error && !(r instanceof Silent));
     if (closed) throw closed;
     const silent = settled.filter((r) => r instanceof Silent);

@@ -11,6 +11,7 @@ import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
 import { Conn, connect, connHandlers, parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
+import { processWarmer, type Warmer } from "./warm";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
@@ -374,7 +375,11 @@ class RootLink implements Peers {
     private readonly prof: Profiler | null,
     private readonly waitMs: number,
     private readonly spinner: Spinner | null,
-  ) {}
+  ) {
+    this.warmer = processWarmer(k);
+  }
+  /** reads the next weights into the cache while a partial is awaited (warm.ts); null: off */
+  readonly warmer: Warmer | null;
 
   begin(): void {
     // the root started the step (its Step message is what runs forward() here)
@@ -386,7 +391,7 @@ class RootLink implements Peers {
     this.exchange = true;
   }
 
-  async reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void> {
+  async reduce(layer: number, phase: Phase, part: Float32Array, n: number, next?: readonly Uint8Array[]): Promise<void> {
     const { conn, k, prof: p, links } = this, size = n * this.c.dim, shape = [n, this.c.dim], ffn = phase === Phase.FeedForward;
     const own = part.subarray(0, size);
     let t = p ? p.start() : 0;
@@ -402,7 +407,9 @@ class RootLink implements Peers {
     if (this.exchange) roundTripActivation(k, own, shape, this.wire);
     const what = `layer ${layer} (${ffn ? "feed-forward" : "attention"})`;
     t = p ? p.start() : 0;
-    const r = await conn.next(this.waitMs, `the root's partial of ${what}`, this.spinner);
+    const warmer = next?.length ? this.warmer : null;
+    warmer?.start(next!);
+    const r = await conn.next(this.waitMs, `the root's partial of ${what}`, this.spinner, warmer);
     if (p) p.stop(Op.NetworkWait, t);
     const m = r.message;
     if (m.type === MessageType.Bye) throw new Error(`${conn.peer} ended the session in the middle of a step`);
@@ -430,7 +437,7 @@ class RootLink implements Peers {
         continue;
       }
       const l = links[j]!;
-      const rj = await l.next(this.waitMs, `${l.peer}'s partial of ${what}`, this.spinner);
+      const rj = await l.next(this.waitMs, `${l.peer}'s partial of ${what}`, this.spinner, warmer);
       if (p) t = p.lap(Op.NetworkWait, t);
       const pj = blockFrameProblem(rj, MessageType.Partial, layer, ffn, n, this.c.dim);
       if (pj || rj.message.type !== MessageType.Partial) throw new Error(`${l.peer} answered ${what} with ${pj}`);

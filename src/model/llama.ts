@@ -307,6 +307,7 @@ export class SliceCompute {
   private scratch: Scratch;
   private readonly act: Activation;
   private readonly act2: Activation;
+  private readonly after: [readonly Uint8Array[], readonly Uint8Array[]][];
 
   constructor(
     readonly config: ModelConfig,
@@ -330,6 +331,12 @@ export class SliceCompute {
       }
       return { ...S, wo, wDown };
     });
+    // what is read right after each reduction (streamed weights may not be in memory yet: none)
+    this.after = this.layers.map((S, l) => {
+      const next = this.layers[l + 1];
+      if (streamed) return [[], []];
+      return [[S.wGate.data, S.wUp.data, S.wDown.data], next ? [next.wq.data, next.wk.data, next.wv.data, next.wo.data] : []];
+    });
     this.qDim = (slice.heads.end - slice.heads.start) * config.headDim;
     this.kvDim = (slice.kvHeads.end - slice.kvHeads.start) * config.headDim;
     this.ffnDim = slice.ffn.end - slice.ffn.start;
@@ -342,6 +349,12 @@ export class SliceCompute {
 
   newCache(nCtx: number, type: GGMLType.F32 | GGMLType.F16 = GGMLType.F32): KVCache {
     return new KVCache(nCtx, this.config, type, this.slice.kvHeads.end - this.slice.kvHeads.start);
+  }
+
+  /** The weights this slice reads right after layer l's reduction of `phase`, in the order it reads
+   *  them (the next block's matrices; none after the last layer, none when streamed). */
+  readAfter(l: number, phase: Phase): readonly Uint8Array[] {
+    return this.after[l]![phase]!;
   }
 
   private ensure(n: number): Scratch {
@@ -421,8 +434,9 @@ export interface Peers {
    *  wants, 0 when this node computes all of them itself (a streamed root). */
   begin(pos0: number, tokens: ArrayLike<number>, logits: number): void;
   /** `part` (n rows of dim) holds this node's partial output of a block; afterwards, the sum over all
-   *  nodes, the same to the bit on every node. */
-  reduce(layer: number, phase: Phase, part: Float32Array, n: number): Promise<void>;
+   *  nodes, the same to the bit on every node. `next`: the weights this node reads right after, which
+   *  it may read into the cache while it waits (warm.ts). */
+  reduce(layer: number, phase: Phase, part: Float32Array, n: number, next?: readonly Uint8Array[]): Promise<void>;
   /** The rows of the logits this node computes in this step, or null when it computes all of them. */
   logitRows(): readonly Range[] | null;
   /** After this node computed its rows into `logits` (n rows of the vocabulary): the root copies in
@@ -490,13 +504,13 @@ export class LlamaModel {
       // attention: x += sum over nodes of Wo[:, slice] . attention(slice heads)
       k.rmsnorm(h, x, L.attnNorm, c.dim, n, c.rmsEps);
       await this.local.attention(l, h, n, pos0, cache, part);
-      if (peers) await peers.reduce(l, Phase.Attention, part, n);
+      if (peers) await peers.reduce(l, Phase.Attention, part, n, this.local.readAfter(l, Phase.Attention));
       k.add(x, x, part, n * c.dim);
 
       // feed-forward: x += sum over nodes of Wdown[:, slice] . (silu(Wgate[slice] h) * Wup[slice] h)
       k.rmsnorm(h, x, L.ffnNorm, c.dim, n, c.rmsEps);
       await this.local.feedForward(l, h, n, part);
-      if (peers) await peers.reduce(l, Phase.FeedForward, part, n);
+      if (peers) await peers.reduce(l, Phase.FeedForward, part, n, this.local.readAfter(l, Phase.FeedForward));
       k.add(x, x, part, n * c.dim);
     }
 

@@ -274,6 +274,11 @@ export function createNativeKernels(threads: number, variant = -1): NativeKernel
     releaseFilePages(view) {
       return view.byteLength === 0 || s.dl_release_pages(view, view.byteLength) === 0;
     },
+    warm(view) {
+      const n = view.byteLength - (view.byteLength % 256); // the probe reads whole 256-byte steps
+      if (n > 0) check("probe_read", s.dl_probe_read(probeOut, view.subarray(0, n), n, 1, ctx));
+      return true;
+    },
     probeRead(buf, iters) {
       check("probe_read", s.dl_probe_read(probeOut, buf, buf.byteLength, iters, ctx));
       return { seconds: probeOut[0]!, checksum: probeOut[1]! };

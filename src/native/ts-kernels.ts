@@ -705,5 +705,6 @@ export function createTsKernels(): Kernels {
     f16ToF32,
     f32ToBf16,
     releaseFilePages: () => false, // no madvise without the native library: the pages stay mapped
+    warm: () => false, // reading ahead pays only at native speed
   };
 }
