@@ -302,10 +302,11 @@ static inline __attribute__((always_inline)) __m512i q4_quad(const uint8_t *p, c
  * 0.86-0.91. (Q8_0 steps unrolled too: a 64-token batch, two tokens per tile, 0.35 -> 0.47 ns per
  * block and token; not unrolled 0.34.)
  * Each step prefetches its own bytes of each row DL_AHEAD on (once per group of 16 blocks, 5-9
- * prefetches per row at a time, before): from memory (11264 x 16384 Q4_0, 6144 x 16384 Q8_0, one
- * thread, alternated with the previous library in one process) Q4_0 0.44-0.47 ns per block against
- * 0.43-0.48, Q8_0 0.78-0.86 against 0.84-0.94; from L3 (5632 x 2048 and 2048 x 5632 Q4_0, a decode
- * layer's shapes) 59-62 GB/s against 46-47. Not kept: word permutes of 64-byte loads for the Q8_0
+ * prefetches per row at a time, before: with the straight steps that burst read slower from memory).
+ * Both changes against the previous library (one thread, alternated in one process): from memory
+ * (11264 x 16384 Q4_0, 6144 x 16384 Q8_0) Q4_0 0.44-0.47 ns per block against 0.43-0.48, Q8_0
+ * 0.78-0.86 against 0.84-0.94; from L3 (5632 x 2048 and 2048 x 5632 Q4_0, a decode layer's shapes)
+ * 59-62 GB/s against 46-47. Not kept: word permutes of 64-byte loads for the Q8_0
  * steps (4 loads, 2 permutes instead of 8 loads and 6 inserts): 62 -> 73 GB/s in L2, but 33 -> 21
  * from memory (their loads straddle cache lines); aligned 64-byte loads for q4_quad: no faster.
  */
