@@ -24,6 +24,16 @@ describe("usage", () => {
     for (const cmd of ["inspect", "tokenize", "logits", "perplexity"]) expect(r.out).toContain(`dairllm-worker ${cmd}`);
   });
 
+  test("--help names every environment variable the program reads", () => {
+    const r = cli("--help");
+    const read = new Set<string>();
+    for (const file of new Bun.Glob("src/**/*.ts").scanSync({ cwd: ROOT })) {
+      for (const m of readFileSync(join(ROOT, file), "utf8").matchAll(/process\.env\.(DAIRLLM_[A-Z_]+)|process\.env\[["'](DAIRLLM_[A-Z_]+)["']\]/g)) read.add(m[1] ?? m[2]!);
+    }
+    expect([...read].sort()).toEqual(["DAIRLLM_LIB", "DAIRLLM_SECRET", "DAIRLLM_SPIN_MS", "DAIRLLM_VARIANT", "DAIRLLM_WARM"]);
+    for (const name of read) expect(r.out).toContain(name);
+  });
+
   test("bad flags and values are named, with exit code 2", () => {
     const cases: [string[], RegExp][] = [
       [["--root", "--tmep", "0.5"], /unknown option --tmep \(did you mean --temp\?\)/],
