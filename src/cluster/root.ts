@@ -8,7 +8,7 @@ import { Phase, type Peers } from "../model/llama";
 import { GGMLType, type Kernels } from "../native/types";
 import { Conn, connect, parseWorkerList, type Received, Silent } from "./conn";
 import { type Spinner, spinner } from "./spin";
-import { processWarmer, type Warmer } from "./warm";
+import { processWarmer, type Warmer, warmFor } from "./warm";
 import { sliceOffsets } from "./plan";
 import { checkWeights, equalWeights, exchangesPartials, MAX_SPLIT_WEIGHT, partition, type Range, type Slice, splitVocab } from "./partition";
 import { dominantType, measureSpeed, weightsFromSpeeds } from "./speed";
@@ -226,8 +226,7 @@ export class ClusterPeers implements Peers {
     const p = this.prof;
     let t = p ? p.start() : 0;
     const conns = this.conns;
-    const warmer = next?.length ? this.warmer : null;
-    warmer?.start(next!);
+    const warmer = warmFor(this.warmer, next);
     // one worker (the common case): no Promise.all and no array of promises per reduction
     const results = conns.length === 1 ? [await conns[0]!.next(this.stallMs, what, this.spinner, warmer)] : await this.gather(what, warmer);
     if (p) p.stop(Op.NetworkWait, t);

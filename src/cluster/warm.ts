@@ -67,6 +67,13 @@ export class Warmer {
   }
 }
 
+/** `w` started on the weights read after this reduction, or null when it is off or there are none. */
+export function warmFor(w: Warmer | null, next: readonly Uint8Array[] | undefined): Warmer | null {
+  if (!w || !next?.length) return null;
+  w.start(next);
+  return w;
+}
+
 /**
  * Steps `w` in event-loop callbacks (setImmediate: Bun polls its sockets between them without
  * blocking) until `done()` says the awaited message came or nothing is left to read; then hands the

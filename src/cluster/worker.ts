@@ -11,7 +11,7 @@ import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
 import { Conn, connect, connHandlers, parseWorkerList } from "./conn";
 import { type Spinner, spinner } from "./spin";
-import { processWarmer, type Warmer } from "./warm";
+import { processWarmer, type Warmer, warmFor } from "./warm";
 import { Op, Profiler, profiledKernels } from "../profile/profiler";
 import { formatBytes, StreamedWeights } from "../model/streamed";
 import { sliceOffsets } from "./plan";
@@ -407,8 +407,7 @@ class RootLink implements Peers {
     if (this.exchange) roundTripActivation(k, own, shape, this.wire);
     const what = `layer ${layer} (${ffn ? "feed-forward" : "attention"})`;
     t = p ? p.start() : 0;
-    const warmer = next?.length ? this.warmer : null;
-    warmer?.start(next!);
+    const warmer = warmFor(this.warmer, next);
     const r = await conn.next(this.waitMs, `the root's partial of ${what}`, this.spinner, warmer);
     if (p) p.stop(Op.NetworkWait, t);
     const m = r.message;
