@@ -107,6 +107,7 @@ async function node(index: number, nodes: number, mode: "star" | "mesh", port: n
     const r = await c.next(10_000, "a partial");
     if (r.message.type !== MessageType.Partial) throw new Error("expected Partial");
     decodeActivation(k, r.message.tensor, tmp);
+    c.recycle(r);
     k.add(acc, acc, tmp, dim);
   };
   const peers = links.map((l, j) => (j === index ? null : l));

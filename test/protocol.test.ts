@@ -615,6 +615,59 @@ describe("Framer streaming", () => {
     expect(f.push(new Uint8Array(0))).toEqual([]);
     expect(f.frames).toBe(reference.length);
   });
+
+  test("recycled payloads: reused for the next frame of their exact length only, split anywhere", () => {
+    const frame = (seq: number, seed: number, cols: number) => {
+      const w = new Writer();
+      writeActivationFrame(w, kernels, MessageType.Partial, { seq, layer: 3 }, standardNormal(cols, seed), [1, cols], GGMLType.Q8_0);
+      return w.flush();
+    };
+    const a1 = frame(1, 11, 64), a2 = frame(2, 12, 64), b = frame(3, 13, 96);
+    const f = new Framer();
+    const [first] = f.push(a1);
+    const firstBytes = first!.payload.slice();
+    expect(new Framer().push(a1)[0]).toEqual(first!);
+    f.recycle(first!.payload);
+    // a frame of another length does not take it, and leaves it for later
+    const [other] = f.push(b);
+    expect(other!.payload).not.toBe(first!.payload);
+    expect(other!.payload).toEqual(new Framer().push(b)[0]!.payload);
+    // the next frame of the same length is read into it, across a split inside its payload
+    const mid = HEADER_SIZE + 40;
+    expect(f.push(a2.subarray(0, mid))).toEqual([]);
+    const [second] = f.push(a2.subarray(mid));
+    expect(second!.payload).toBe(first!.payload);
+    expect(second!).toEqual(new Framer().push(a2)[0]!);
+    expect(second!.payload).not.toEqual(firstBytes);
+    // not recycled: a fresh array, the recycled one untouched
+    const [third] = f.push(a1);
+    expect(third!.payload).not.toBe(second!.payload);
+    expect(third!.payload).toEqual(firstBytes);
+    // handing back the same array twice, or an empty payload, keeps one copy: two frames get two arrays
+    f.recycle(third!.payload);
+    f.recycle(third!.payload);
+    f.recycle(new Uint8Array(0));
+    const [x, y] = f.push(new Uint8Array([...a1, ...a2]));
+    expect(x!.payload).toBe(third!.payload);
+    expect(y!.payload).not.toBe(third!.payload);
+    expect(x!.payload).toEqual(firstBytes);
+    expect(y!).toEqual(new Framer().push(a2)[0]!);
+  });
+
+  test("recycled payloads: at most a few kept, the oldest dropped first", () => {
+    const w = new Writer();
+    for (let i = 0; i < 8; i++) writeActivationFrame(w, kernels, MessageType.Partial, { seq: i }, standardNormal(32, i), [1, 32], GGMLType.Q8_0);
+    const bytes = w.flush();
+    const f = new Framer();
+    const frames = f.push(bytes);
+    for (const fr of frames) f.recycle(fr.payload);
+    const again = f.push(bytes);
+    const reused = again.filter((fr) => frames.some((o) => o.payload === fr.payload));
+    expect(reused.length).toBe(4);
+    // the four handed back last are the ones kept
+    for (const fr of reused) expect(frames.indexOf(frames.find((o) => o.payload === fr.payload)!)).toBeGreaterThanOrEqual(4);
+    expect(again.map((fr) => fr.seq)).toEqual(frames.map((fr) => fr.seq));
+  });
 });
 
 // ---- bad peers ----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ export interface Received {
   layer: number;
   flags: number;
   seq: number;
+  /** the frame's payload, which the message's data views (Conn.recycle) */
+  payload: Uint8Array;
 }
 
 export class ConnectionClosed extends Error {}
@@ -53,7 +55,7 @@ export class Conn {
         this.fail(new Error(`${this.peer}: bad ${messageTypeName(f.type)} message: ${(e as Error).message}`));
         return;
       }
-      const r = { message, layer: f.layer, flags: f.flags, seq: f.seq };
+      const r = { message, layer: f.layer, flags: f.flags, seq: f.seq, payload: f.payload };
       if (this.waiter) {
         const w = this.waiter;
         this.waiter = null;
@@ -119,6 +121,12 @@ export class Conn {
     // send now: the root computes its own slice right after sending, and a write left in Bun's
     // buffer until the next event-loop turn would make the worker wait for that computation
     this.socket.flush();
+  }
+
+  /** A received message has been read (activations decoded): its frame's memory may take the next
+   *  frame of its size (Framer.recycle). Neither the message nor views of its data may be used after. */
+  recycle(r: Received): void {
+    this.framer.recycle(r.payload);
   }
 
   nextSeq(): number {

@@ -261,11 +261,25 @@ function printable(b: Uint8Array): string {
   return `"${s}"`;
 }
 
+/** Payload arrays a framer keeps for reuse (recycle()): a few reductions' partials in flight. */
+const RECYCLED_MAX = 4;
+
 /**
  * Streaming parser: push() takes whatever the socket delivered and returns the frames completed by
  * it, only ever whole ones. Each byte is copied once: the header into a 24-byte buffer, the payload
  * straight into its own exactly-sized array, allocated only after the header has been validated.
  * After a ProtocolError the framer stays failed (the connection is to be closed).
+ *
+ * A consumer done with a frame's payload may hand it back (recycle()): the next frame of exactly
+ * that length is read into it instead of a new array. The activations of a reduction come every few
+ * hundred µs, each 2 KiB or more, and a fresh typed array per frame was slow where it mattered most:
+ * between a partial's arrival and the computation resuming, the framer took a median 2.8 µs but 30 µs
+ * at the 90th percentile and 65-113 µs at the 99th (allocation of the array's memory outside the
+ * collected heap, and its collection), a mean of 11-16 µs per frame; with the arrays recycled, 2.3
+ * (two pinned processes exchanging 2 KiB frames 45 times per "token" between fixed spins, a throwaway
+ * harness on the 2-vCPU Zen 5 VM: the mean exchange went from 74-119 to 37-57 µs). A pinned root and
+ * worker decoding 96 tokens of the TinyLlama shape, alternated five times: 45.1 / 50.5 / 50.3 / 37.7 /
+ * 48.7 tokens/s before, 46.0 / 53.2 / 53.7 / 49.2 / 51.4 after.
  */
 export class Framer {
   readonly maxPayload: number;
@@ -274,6 +288,7 @@ export class Framer {
   private headerFill = 0;
   private payload: Uint8Array | null = null;
   private payloadFill = 0;
+  private readonly recycled: Uint8Array[] = [];
   private type: MessageType = MessageType.Hello;
   private flags = 0;
   private seq = 0;
@@ -315,7 +330,7 @@ export class Framer {
             out.push(this.emit(new Uint8Array(0)));
             continue;
           }
-          this.payload = new Uint8Array(length);
+          this.payload = this.take(length);
           this.payloadFill = 0;
         } else {
           const p = this.payload;
@@ -335,6 +350,31 @@ export class Framer {
       throw e;
     }
     return out;
+  }
+
+  /**
+   * Hands back the payload of a frame this framer emitted, once nothing reads it any more (nor any
+   * view of it: a decoded message's tensor data is one): a later frame of the same length may be read
+   * into it and overwrite it.
+   */
+  recycle(payload: Uint8Array): void {
+    if (payload.length === 0 || payload === this.payload || this.recycled.includes(payload)) return;
+    if (this.recycled.length >= RECYCLED_MAX) this.recycled.shift();
+    this.recycled.push(payload);
+  }
+
+  /** A payload array of exactly `length` bytes: a recycled one, else a new one. */
+  private take(length: number): Uint8Array {
+    const r = this.recycled;
+    for (let i = r.length - 1; i >= 0; i--) {
+      const b = r[i]!;
+      if (b.length === length) {
+        r[i] = r[r.length - 1]!;
+        r.pop();
+        return b;
+      }
+    }
+    return new Uint8Array(length);
   }
 
   /** The peer closed the connection: a partial frame left over is a truncated frame. */

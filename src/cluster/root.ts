@@ -243,6 +243,7 @@ export class ClusterPeers implements Peers {
       if (p) t = p.start();
       // in node order (the root's own first), as every node adds them
       decodeActivation(this.k, m.tensor, this.tmp);
+      conn.recycle(r);
       if (p) t = p.lap(Op.WireDecompress, t);
       this.k.add(own, own, this.tmp, size);
       if (p) p.stop(Op.Add, t);
@@ -304,6 +305,7 @@ export class ClusterPeers implements Peers {
       if (p) t = p.start();
       if (this.tmp.length < n * nr) this.tmp = new Float32Array(n * nr);
       decodeActivation(this.k, m.tensor, this.tmp);
+      conn.recycle(r);
       for (let tok = 0; tok < n; tok++) into.set(this.tmp.subarray(tok * nr, (tok + 1) * nr), tok * vocab + rows.start);
       if (p) p.stop(Op.WireDecompress, t);
     }

@@ -419,6 +419,7 @@ class RootLink implements Peers {
     if (!this.exchange) {
       // the root sent the sum over all nodes
       decodeActivation(k, m.tensor, own);
+      conn.recycle(r);
       if (p) p.stop(Op.WireDecompress, t);
       return;
     }
@@ -428,6 +429,7 @@ class RootLink implements Peers {
     if (this.acc.length < size) this.acc = new Float32Array(size);
     const acc = this.acc.subarray(0, size);
     decodeActivation(k, m.tensor, acc);
+    conn.recycle(r);
     if (p) t = p.lap(Op.WireDecompress, t);
     for (let j = 1; j < this.nodes; j++) {
       if (j === this.node) {
@@ -441,6 +443,7 @@ class RootLink implements Peers {
       const pj = blockFrameProblem(rj, MessageType.Partial, layer, ffn, n, this.c.dim);
       if (pj || rj.message.type !== MessageType.Partial) throw new Error(`${l.peer} answered ${what} with ${pj}`);
       decodeActivation(k, rj.message.tensor, this.tmp);
+      l.recycle(rj);
       if (p) t = p.lap(Op.WireDecompress, t);
       k.add(acc, acc, this.tmp, size);
       if (p) t = p.lap(Op.Add, t);
