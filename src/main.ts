@@ -88,7 +88,7 @@ environment:
   DAIRLLM_SECRET               the cluster secret, when --secret is not given
   DAIRLLM_VARIANT=NAME         force a kernel variant (scalar, x86_64, ssse3, avx2, avx512; neon, dotprod)
   DAIRLLM_LIB=FILE             load this kernel library and no other
-  DAIRLLM_SPIN_MS=N            cluster: busy-poll up to N ms for a reply that is due (default 0: off)
+  DAIRLLM_SPIN_MS=N            cluster: busy-poll up to N ms for a reply that is due (default 5; 0: off)
   DAIRLLM_WARM=auto|MiB        cluster: read the next weights into the cache while waiting (default off)
 
 Tokens stream to stdout; load time and speeds go to stderr. Exit codes: 0 ok, 1 error, 2 bad usage.`;

@@ -1,7 +1,7 @@
 // The busy-poll policy of src/cluster/spin.ts, with a substituted run-queue clock: it stops when the
 // message comes, stops when the core is wanted elsewhere, and pauses after contention in a row.
 import { expect, test } from "bun:test";
-import { BACKOFF_MS, SPIN_MS, Spinner } from "../src/cluster/spin";
+import { BACKOFF_MS, DEFAULT_SPIN_MS, SPIN_MS, Spinner, spinBound } from "../src/cluster/spin";
 
 const quiet = { queuedNs: () => 0, runnable: () => 1 };
 
@@ -28,8 +28,17 @@ test("a spin ends when the message is there, and turns the event loop meanwhile"
   expect(s.contended).toBe(0);
 });
 
-test("spinning off (bound 0, the default without DAIRLLM_SPIN_MS) never schedules a callback", async () => {
-  if (process.env.DAIRLLM_SPIN_MS === undefined) expect(SPIN_MS).toBe(0);
+test("DAIRLLM_SPIN_MS: unset or empty the default, a number of ms, 0 off; anything else refused by name", () => {
+  if (process.env.DAIRLLM_SPIN_MS === undefined) expect(SPIN_MS).toBe(DEFAULT_SPIN_MS);
+  expect(DEFAULT_SPIN_MS).toBe(5);
+  expect(spinBound(undefined)).toBe(5);
+  expect(spinBound("")).toBe(5);
+  expect(spinBound("0")).toBe(0);
+  expect(spinBound("2.5")).toBe(2.5);
+  for (const bad of ["-1", "five", "Infinity", "1ms"]) expect(() => spinBound(bad)).toThrow(`DAIRLLM_SPIN_MS must be a number of milliseconds (0: off), not "${bad}"`);
+});
+
+test("spinning off (bound 0: DAIRLLM_SPIN_MS=0) never schedules a callback", async () => {
   const s = new Spinner(0, quiet);
   let turns = 0;
   s.spin(() => (turns++, false));

@@ -1,13 +1,21 @@
-// Busy-polling for a message that is due soon (opt-in: DAIRLLM_SPIN_MS). A process waiting in Bun's
-// event loop sleeps in epoll; waking it up again (the sender's kernel signals the sleeping CPU, a VM's
-// vCPU leaves its idle state) costs tens of µs, twice per reduction. While a reply is expected within
-// a layer's time, a node can keep its event loop turning instead (a chain of setImmediate callbacks:
-// Bun then polls its sockets without blocking) for at most `boundMs`, then sleep as usual.
+// Busy-polling for a message that is due soon (DAIRLLM_SPIN_MS, default 5 ms; 0 turns it off). A
+// process waiting in Bun's event loop sleeps in epoll; waking it up again (the sender's kernel signals
+// the sleeping CPU, a VM's vCPU leaves its idle state) costs tens of µs, twice per reduction, and now
+// and then a millisecond. While a reply is expected within a layer's time, a node keeps its event loop
+// turning instead (a chain of setImmediate callbacks: Bun then polls its sockets without blocking) for
+// at most `boundMs`, then sleeps as usual.
 //
-// Measured on the 2-vCPU development VM (scripts/bench-cluster.ts and a loopback ping-pong of 2.2 KB
-// messages): the ping-pong round trip drops from ~100 to ~65 µs (median, 1 ms of work between
-// messages), but decode speed of a root and a worker does not move beyond the run-to-run noise, so
-// spinning is off unless DAIRLLM_SPIN_MS is set.
+// Measured on the 2-vCPU development VM, timestamps at every reduction of a pinned root and worker
+// (a throwaway patch): from "both have sent" to "the other's partial is in the event loop" took a
+// median 10-12 µs sleeping but 1.0-1.2 ms at the 99th percentile over tokens 5-45 (0.17-0.22 ms over
+// tokens 5-450), and each late arrival makes the receiver start its next block that much after the
+// sender (the skew that both then wait out); spinning, a median 7-9 µs and 77-102 µs at the 99th
+// (tokens 5-45). A loopback ping-pong of 2.2 KB:
+// ~100 -> ~65 µs. Decode speed: short runs (48-128 tokens, in which the JIT still compiles the
+// forward pass and steals the pinned core now and then) did not separate, so spinning was opt-in until
+// 2026-12-03; 500-token runs, alternated: pinned 54.0 / 51.3 / 52.3 tokens/s sleeping against
+// 56.8 / 57.9 / 54.3 spinning, unpinned (two nodes on two vCPUs) 50.8 / 51.0 / 50.6 against
+// 52.0 / 51.2 / 48.7. Nodes on machines of their own are the pinned case.
 //
 // Spinning only pays when the core is otherwise idle. When more busy threads than cores share a
 // machine (several nodes on one host), a spinning node holds a CPU for a whole time slice (ms) that a
@@ -141,11 +149,26 @@ class ProcNumber {
   }
 }
 
+/** The longest a node busy-polls for a message due within a step, in ms, unless DAIRLLM_SPIN_MS says */
+export const DEFAULT_SPIN_MS = 5;
+
 /** How long a node busy-polls for a message due within a step (root: a worker's result; worker: the
- *  next block input after its result): DAIRLLM_SPIN_MS, default 0 (off). */
+ *  next block input after its result): DAIRLLM_SPIN_MS, default DEFAULT_SPIN_MS, 0 off. */
+export function spinBound(env = process.env.DAIRLLM_SPIN_MS): number {
+  if (env === undefined || env === "") return DEFAULT_SPIN_MS;
+  const v = Number(env);
+  if (!Number.isFinite(v) || v < 0) throw new Error(`DAIRLLM_SPIN_MS must be a number of milliseconds (0: off), not "${env}"`);
+  return v;
+}
+
+/** This process's bound (DAIRLLM_SPIN_MS); an unreadable value is said once and the default taken. */
 export const SPIN_MS = (() => {
-  const v = Number(process.env.DAIRLLM_SPIN_MS ?? 0);
-  return Number.isFinite(v) && v >= 0 ? v : 0;
+  try {
+    return spinBound();
+  } catch (e) {
+    console.error(`dairllm: ${(e as Error).message}; busy-polling up to ${DEFAULT_SPIN_MS} ms`);
+    return DEFAULT_SPIN_MS;
+  }
 })();
 
 /** The process's spinner: one policy for all connections (they share the core it watches). */
