@@ -10,12 +10,12 @@
 // median 10-12 µs sleeping but 1.0-1.2 ms at the 99th percentile over tokens 5-45 (0.17-0.22 ms over
 // tokens 5-450), and each late arrival makes the receiver start its next block that much after the
 // sender (the skew that both then wait out); spinning, a median 7-9 µs and 77-102 µs at the 99th
-// (tokens 5-45). A loopback ping-pong of 2.2 KB:
-// ~100 -> ~65 µs. Decode speed: short runs (48-128 tokens, in which the JIT still compiles the
-// forward pass and steals the pinned core now and then) did not separate, so spinning was opt-in until
-// 2026-12-03; 500-token runs, alternated: pinned 54.0 / 51.3 / 52.3 tokens/s sleeping against
-// 56.8 / 57.9 / 54.3 spinning, unpinned (two nodes on two vCPUs) 50.8 / 51.0 / 50.6 against
-// 52.0 / 51.2 / 48.7. Nodes on machines of their own are the pinned case.
+// (tokens 5-45). A loopback ping-pong of 2.2 KB: ~100 -> ~65 µs. Decode speed: short runs (48-128
+// tokens, in which the JIT still compiles the forward pass and steals the pinned core now and then)
+// did not separate, so spinning was opt-in until 2026-12-03; 500-token runs, alternated: pinned
+// 54.0 / 51.3 / 52.3 tokens/s sleeping against 56.8 / 57.9 / 54.3 spinning, unpinned (two nodes on
+// two vCPUs) 50.8 / 51.0 / 50.6 against 52.0 / 51.2 / 48.7. Nodes on machines of their own are the
+// pinned case.
 //
 // Spinning only pays when the core is otherwise idle. When more busy threads than cores share a
 // machine (several nodes on one host), a spinning node holds a CPU for a whole time slice (ms) that a
