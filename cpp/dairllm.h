@@ -144,6 +144,12 @@ int dl_probe_read(double *out, const void *buf, int64_t bytes, int iters, dl_ctx
  * refuses. */
 int dl_release_pages(const void *p, int64_t bytes);
 
+/* dst = rows runs of row_bytes, the r-th from src + r * src_stride (src_stride >= row_bytes): a column
+ * slice of a row-major matrix into rows of its own. dst and src must not overlap. Both ranges are
+ * faulted in first with one madvise each (MADV_POPULATE_WRITE / _READ, where the kernel has them)
+ * rather than a fault per page; the copy is split over the context's threads. */
+int dl_copy_rows(void *dst, const void *src, int64_t rows, int64_t row_bytes, int64_t src_stride, dl_ctx *ctx);
+
 #ifdef __cplusplus
 }
 #endif

@@ -168,3 +168,35 @@ test("the TypeScript kernels cannot release pages and say so", () => {
   const { createTsKernels } = require("../src/native/ts-kernels") as typeof import("../src/native/ts-kernels");
   expect(createTsKernels().releaseFilePages(new Uint8Array(8192))).toBe(false);
 });
+
+test("copyRows: a column slice into rows of its own, native (1-4 threads) and TypeScript alike, odd sizes", () => {
+  const { createTsKernels } = require("../src/native/ts-kernels") as typeof import("../src/native/ts-kernels");
+  const ts = createTsKernels();
+  const src = new Uint8Array(3 * 1024 * 1024 + 77);
+  for (let i = 0; i < src.length; i++) src[i] = (i * 2654435761) >>> 24;
+  // shapes: one row, odd rows and bytes, whole rows (stride = row bytes), and > 1 MiB (split over threads)
+  const shapes: [number, number, number, number][] = [
+    [1, 1, 1, 0], [3, 18, 18, 5], [33, 17, 100, 3], [31, 1584, 3168, 1], [1000, 1152, 1152, 0], [2048, 576, 1152, 77],
+  ];
+  for (const threads of [1, 2, 3, 4]) {
+    const k = createNativeKernels(threads);
+    try {
+      for (const [rows, rowBytes, stride, offset] of shapes) {
+        const from = src.subarray(offset);
+        const want = new Uint8Array(rows * rowBytes + 8).fill(0xee), got = want.slice();
+        ts.copyRows(want, from, rows, rowBytes, stride);
+        k.copyRows(got, from, rows, rowBytes, stride);
+        expect(got).toEqual(want);
+        for (let r = 0; r < rows; r += Math.max(1, rows >> 3)) expect(got.subarray(r * rowBytes, (r + 1) * rowBytes)).toEqual(from.subarray(r * stride, r * stride + rowBytes));
+        expect(got.subarray(rows * rowBytes)).toEqual(new Uint8Array(8).fill(0xee)); // nothing past the rows
+      }
+      k.copyRows(new Uint8Array(0), src, 0, 16, 16); // no rows: nothing to do
+      expect(() => k.copyRows(new Uint8Array(64), src, 2, 32, 16)).toThrow("source stride 16 is below the row's 32 bytes");
+      expect(() => k.copyRows(new Uint8Array(63), src, 2, 32, 32)).toThrow("dst holds 63 bytes");
+      expect(() => k.copyRows(new Uint8Array(64), src.subarray(0, 40), 2, 32, 32)).toThrow("src holds 40 bytes");
+    } finally {
+      k.close();
+    }
+  }
+  expect(() => ts.copyRows(new Uint8Array(64), src, 2, 32, 16)).toThrow("source stride 16 is below the row's 32 bytes");
+});

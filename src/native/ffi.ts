@@ -40,6 +40,7 @@ const SYMBOLS = {
   dl_f32_to_bf16: { args: [ptr, ptr, i64, ptr], returns: i32 },
   dl_probe_read: { args: [ptr, ptr, i64, i32, ptr], returns: i32 },
   dl_release_pages: { args: [ptr, i64], returns: i32 },
+  dl_copy_rows: { args: [ptr, ptr, i64, i64, i64, ptr], returns: i32 },
 } as const;
 
 /** Must equal DL_ABI_VERSION in cpp/dairllm.h. */
@@ -273,6 +274,13 @@ export function createNativeKernels(threads: number, variant = -1): NativeKernel
     },
     releaseFilePages(view) {
       return view.byteLength === 0 || s.dl_release_pages(view, view.byteLength) === 0;
+    },
+    copyRows(dst, src, rows, rowBytes, srcStride) {
+      if (!(srcStride >= rowBytes)) throw new Error(`native copy_rows: the source stride ${srcStride} is below the row's ${rowBytes} bytes`);
+      if (rows === 0 || rowBytes === 0) return;
+      need("copyRows", "dst", dst.byteLength, rows * rowBytes);
+      need("copyRows", "src", src.byteLength, (rows - 1) * srcStride + rowBytes);
+      check("copy_rows", s.dl_copy_rows(dst, src, rows, rowBytes, srcStride, ctx));
     },
     warm(view) {
       const n = view.byteLength - (view.byteLength % 256); // the probe reads whole 256-byte steps

@@ -705,6 +705,12 @@ export function createTsKernels(): Kernels {
     f16ToF32,
     f32ToBf16,
     releaseFilePages: () => false, // no madvise without the native library: the pages stay mapped
+    copyRows(dst, src, rows, rowBytes, srcStride) {
+      if (!(srcStride >= rowBytes)) throw new Error(`copyRows: the source stride ${srcStride} is below the row's ${rowBytes} bytes`);
+      if (rows === 0 || rowBytes === 0) return;
+      if (dst.byteLength < rows * rowBytes || src.byteLength < (rows - 1) * srcStride + rowBytes) throw new Error(`copyRows: ${rows} rows of ${rowBytes} bytes (stride ${srcStride}) do not fit dst (${dst.byteLength}) and src (${src.byteLength})`);
+      for (let r = 0; r < rows; r++) dst.set(src.subarray(r * srcStride, r * srcStride + rowBytes), r * rowBytes);
+    },
     warm: () => false, // reading ahead pays only at native speed
   };
 }

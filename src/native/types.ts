@@ -77,6 +77,9 @@ export interface Kernels {
    *  cache; a later read faults them in again). Only for views of a read-only file mapping: other
    *  memory would read back as zeros. False when these kernels cannot (the TypeScript ones). */
   releaseFilePages(view: Uint8Array): boolean;
+  /** dst = `rows` runs of `rowBytes` bytes of src, the r-th at r * srcStride (a column slice of a
+   *  matrix into rows of its own; srcStride >= rowBytes). */
+  copyRows(dst: Uint8Array, src: Uint8Array, rows: number, rowBytes: number, srcStride: number): void;
   /** Reads `view` into the CPU's caches (weights about to be used; src/cluster/warm.ts), up to its last
    *  whole 256 bytes. False when these kernels cannot (the TypeScript ones). */
   warm(view: Uint8Array): boolean;

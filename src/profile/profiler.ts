@@ -228,6 +228,7 @@ export function profiledKernels(k: Kernels, p: Profiler): Kernels {
     f16ToF32: timed(Op.Convert, k.f16ToF32.bind(k)),
     f32ToBf16: timed(Op.Convert, k.f32ToBf16.bind(k)),
     releaseFilePages: k.releaseFilePages.bind(k),
+    copyRows: k.copyRows.bind(k),
     warm: k.warm.bind(k),
   };
 }
