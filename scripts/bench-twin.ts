@@ -4,7 +4,7 @@
 // round, beside bench:cluster's ratio for the real pair. Where the twin is at par and the real pair is
 // not, the difference is ours (frames, event loop, wake-ups, the JIT), not the machine's.
 //
-//   bun scripts/bench-twin.ts [-n TOKENS] [--rounds R]
+//   bun scripts/bench-twin.ts [-n TOKENS] [--rounds R]      (npx bun run bench:twin)
 //
 // Needs 2 CPUs (the pair is pinned to CPU 0 and 1, as on two machines) and a C compiler (the project's
 // zig, else cc).
