@@ -189,16 +189,34 @@ describe("same results as one node", () => {
     }
   }, 60_000);
 
-  test("a worker serves one root after another", async () => {
+  test("a worker serves one root after another, keeping its column-slice copies for the same split", async () => {
     const [w] = await workers(join(MODELS, "tiny-f32.gguf"), 1);
+    const run = (...extra: string[]) => root("--root", "-m", join(MODELS, "tiny-f32.gguf"), "-p", "A long", "-n", "8", "--temp", "0", "--workers", w!.addr, ...extra);
+    const kept = () => w!.log().match(/column slices \([\d.]+ MiB\) kept from the last session, 0 copied/g)?.length ?? 0;
+    const sessions = async (n: number) => {
+      for (let i = 0; i < 100 && (w!.log().match(/ready for the next root/g)?.length ?? 0) < n; i++) await Bun.sleep(20);
+      expect(w!.log().match(/ready for the next root/g)?.length).toBe(n);
+    };
     try {
-      for (let i = 0; i < 3; i++) expect(root("--root", "-m", join(MODELS, "tiny-f32.gguf"), "-p", "A long", "-n", "8", "--temp", "0", "--workers", w!.addr).code).toBe(0);
-      for (let i = 0; i < 100 && (w!.log().match(/ready for the next root/g)?.length ?? 0) < 3; i++) await Bun.sleep(20);
-      expect(w!.log().match(/ready for the next root/g)?.length).toBe(3);
+      const first = run();
+      expect(first.code).toBe(0);
+      for (let i = 0; i < 2; i++) expect(run().out).toBe(first.out);
+      await sessions(3);
+      expect(kept()).toBe(2); // the 2nd and 3rd session found every copy made
+      // another split needs other columns: copied anew, and the text of that split is what one node says
+      const other = run("--split", "2,1");
+      expect(other.code).toBe(0);
+      await sessions(4);
+      expect(kept()).toBe(2);
+      // and back: the copies of the even split were not kept past the other split's session
+      expect(run().out).toBe(first.out);
+      await sessions(5);
+      expect(kept()).toBe(2);
+      expect(other.out).toBe(root("--root", "-m", join(MODELS, "tiny-f32.gguf"), "-p", "A long", "-n", "8", "--temp", "0").out);
     } finally {
       stop([w!]);
     }
-  }, 30_000);
+  }, 60_000);
 });
 
 describe("refusals and failures", () => {

@@ -5,7 +5,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { readConfig } from "../model/config";
 import { GGUFFile, ggmlTypeName } from "../model/gguf";
-import { type KVCache, LlamaModel, loadWeights, type Peers, Phase } from "../model/llama";
+import { type KVCache, LlamaModel, loadWeights, type Peers, Phase, SliceCopies } from "../model/llama";
 import { loadKernels } from "../native/index";
 import { GGMLType, type Kernels, TYPE_TRAITS } from "../native/types";
 import { measureSpeed } from "./speed";
@@ -99,6 +99,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const name = o.name ?? `${o.host}:${o.port}`;
   let kernels: Kernels | null = null;
   let session: Session | null = null;
+  /** the column slices' copies of the last session, for the next one with the same split */
+  const copies = new SliceCopies();
   let identity: FileIdentity | null = null;
   let identityError: string | null = null;
   try {
@@ -258,7 +260,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     const idle = o.idleTimeoutMs ?? 24 * 3600_000;
     const spin = o.spinner === undefined ? spinner : o.spinner;
     const link = new RootLink(conn, kernels, config, s.wire, (s.flags & SESSION_EXCHANGE) !== 0, s.node, s.nodes, logitRows ?? null, prof, idle, spin);
-    const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed);
+    const model = new LlamaModel(config, weights, prof ? profiledKernels(kernels, prof) : kernels, slice, link, prof, streamed, copies);
+    if (copies.reused) log(`worker ${name}: ${copies.reused} column slices (${(copies.reusedBytes / 2 ** 20).toFixed(1)} MiB) kept from the last session, ${copies.made} copied`);
     session = { conn, model, link, prof, cache: model.newCache(s.nCtx, kvType), node: s.node, nodes: s.nodes, mesh: null };
     conn.send({ type: MessageType.PlanAck, layers: plan.layers });
     log(`worker ${name}: serving ${conn.peer} as node ${s.node} of ${s.nodes} (KV heads ${slice.kvHeads.start}..${slice.kvHeads.end - 1}, feed-forward ${slice.ffn.start}..${slice.ffn.end - 1}${logitRows ? `, logits ${logitRows.start}..${logitRows.end - 1}` : ""}), wire ${s.wire === GGMLType.Q8_0 ? "q8_0" : s.wire === GGMLType.F16 ? "f16" : "f32"}`);

@@ -187,12 +187,60 @@ function columns(m: Matrix, start: number, end: number): ColumnSlice {
  * slices in 36-61 ms against 44-88 row by row in TypeScript, and a root's "loaded in" with one worker
  * 0.31-0.34 s against 0.34-0.53 (five alternations).
  */
-function contiguous(m: ColumnSlice, k: Kernels): ColumnSlice {
+function contiguous(m: ColumnSlice, k: Kernels, kept: SliceCopies | null): ColumnSlice {
   const seg = typeBytes(m.type, m.nIn);
   if (m.ldw === seg) return m;
-  const data = new Uint8Array(seg * m.nOut);
-  k.copyRows(data, m.data, m.nOut, seg, m.ldw);
+  const key = `${m.name} ${m.data.byteOffset} ${seg}x${m.nOut}/${m.ldw}`;
+  let data = kept?.take(key);
+  if (!data) {
+    data = new Uint8Array(seg * m.nOut);
+    k.copyRows(data, m.data, m.nOut, seg, m.ldw);
+  }
+  kept?.keep(key, data);
   return { ...m, data, ldw: seg };
+}
+
+/**
+ * A worker's column-slice copies, kept from one session to the next: a root that asks for the same
+ * slices of the same file (the same split) finds them made, instead of another pass over Wo and Wdown
+ * (TinyLlama's shape, a pinned worker serving three roots in a row: the second and third roots loaded
+ * in 0.15-0.19 s against 0.25-0.68 when the worker copied again). Only the copies the
+ * latest session used are kept (a new split replaces them), so between sessions a worker holds what
+ * its last session held. A key is the tensor, its slice's byte offset in the file and its shape: the
+ * worker serves one file, whose identity it checks at every handshake.
+ */
+export class SliceCopies {
+  private kept = new Map<string, Uint8Array>();
+  private used = new Map<string, Uint8Array>();
+  /** of the latest model built: copies found made, and bytes in them; copies made */
+  reused = 0;
+  reusedBytes = 0;
+  made = 0;
+
+  /** Before a model is built with these copies: counts restart. */
+  begin(): void {
+    this.used = new Map();
+    this.reused = this.reusedBytes = this.made = 0;
+  }
+
+  take(key: string): Uint8Array | undefined {
+    const d = this.kept.get(key);
+    if (d) {
+      this.reused++;
+      this.reusedBytes += d.byteLength;
+    } else this.made++;
+    return d;
+  }
+
+  keep(key: string, data: Uint8Array): void {
+    this.used.set(key, data);
+  }
+
+  /** After the model is built: only what it uses is kept for the next one. */
+  end(): void {
+    this.kept = this.used;
+    this.used = new Map();
+  }
 }
 
 /** One layer's weights as one node sees them: only its slices (zero-copy views). */
@@ -322,12 +370,15 @@ export class SliceCompute {
     readonly prof: Profiler | null = null,
     /** the slices read from disk through a memory budget (--max-memory) instead of mapped */
     readonly streamed: StreamedWeights | null = null,
+    /** column-slice copies kept from an earlier model over the same file (a worker's sessions) */
+    copies: SliceCopies | null = null,
   ) {
+    copies?.begin();
     this.layers = weights.layers.map((L) => {
       const S = sliceLayer(L, config, slice);
       // mapped weights: the column slices are read from copies (streamed ones come in whole row spans)
       if (streamed) return S;
-      const wo = contiguous(S.wo, k), wDown = contiguous(S.wDown, k);
+      const wo = contiguous(S.wo, k, copies), wDown = contiguous(S.wDown, k, copies);
       if (weights.mapped) {
         // the full matrices are not read again: their pages leave this process (the page cache keeps them)
         if (wo !== S.wo) k.releaseFilePages(L.wo.data);
@@ -335,6 +386,7 @@ export class SliceCompute {
       }
       return { ...S, wo, wDown };
     });
+    copies?.end();
     // what is read right after each reduction (streamed weights may not be in memory yet: none)
     this.after = this.layers.map((S, l) => {
       const next = this.layers[l + 1];
@@ -465,8 +517,9 @@ export class LlamaModel {
     readonly peers: Peers | null = null,
     readonly prof: Profiler | null = null,
     readonly streamed: StreamedWeights | null = null,
+    copies: SliceCopies | null = null,
   ) {
-    this.local = new SliceCompute(config, weights, k, slice, prof, streamed);
+    this.local = new SliceCompute(config, weights, k, slice, prof, streamed, copies);
     this.act = new Activation(k);
   }
 
