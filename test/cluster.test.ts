@@ -2,7 +2,7 @@
 // (never a hang) for a wrong file, a wrong secret, a wrong protocol version, garbage, a dead or
 // stalled worker, an unreachable one.
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -230,6 +230,38 @@ describe("refusals and failures", () => {
       expect(r.err).toMatch(/size 175072 here, 99296 on the root/);
     } finally {
       stop([w!]);
+    }
+  }, 30_000);
+
+  test("a model file replaced or removed while the worker runs is seen at the next handshake", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "dairllm-swap-"));
+    const path = join(dir, "model.gguf");
+    copyFileSync(join(MODELS, "tiny-q4_0.gguf"), path);
+    const [w] = await workers(path, 1);
+    try {
+      const ok = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "-n", "4", "--temp", "0", "--workers", w!.addr);
+      expect(ok.code).toBe(0);
+      // another model in its place (a new file renamed over it, as a download would)
+      copyFileSync(join(MODELS, "tiny-q8_0.gguf"), path + ".new");
+      renameSync(path + ".new", path);
+      const r = root("--root", "-m", join(MODELS, "tiny-q4_0.gguf"), "-p", "hi", "-n", "4", "--workers", w!.addr);
+      expect(r.code).toBe(1);
+      expect(r.err).toContain(`worker ${w!.addr}`);
+      expect(r.err).toMatch(/size 175072 here, 99296 on the root/);
+      for (let i = 0; i < 100 && !w!.log().includes("changed since it was identified"); i++) await Bun.sleep(20);
+      expect(w!.log()).toMatch(/model\.gguf changed since it was identified: now 175072 bytes/);
+      // that model's own root is served, from the new file
+      const q8 = root("--root", "-m", join(MODELS, "tiny-q8_0.gguf"), "-p", "hi", "-n", "4", "--temp", "0", "--workers", w!.addr);
+      expect(q8.code).toBe(0);
+      expect(q8.out).toBe(root("--root", "-m", join(MODELS, "tiny-q8_0.gguf"), "-p", "hi", "-n", "4", "--temp", "0").out);
+      // gone: refused with its path
+      rmSync(path);
+      const gone = root("--root", "-m", join(MODELS, "tiny-q8_0.gguf"), "-p", "hi", "--workers", w!.addr);
+      expect(gone.code).toBe(1);
+      expect(gone.err).toContain(`${path}: no such file`);
+    } finally {
+      stop([w!]);
+      rmSync(dir, { recursive: true, force: true });
     }
   }, 30_000);
 

@@ -3,6 +3,7 @@
 // the residual stream, computing its slice of every layer and completing each reduction with the
 // root (RootLink). It serves one root session after another; a bad frame closes that connection only.
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { statSync } from "node:fs";
 import { readConfig } from "../model/config";
 import { GGUFFile, ggmlTypeName } from "../model/gguf";
 import { type KVCache, LlamaModel, loadWeights, type Peers, Phase, SliceCopies } from "../model/llama";
@@ -103,12 +104,31 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const copies = new SliceCopies();
   let identity: FileIdentity | null = null;
   let identityError: string | null = null;
+  let stamp = fileStamp(o.modelPath);
   try {
     identity = await fileIdentity(o.modelPath);
   } catch (e) {
     identityError = (e as Error).message;
-    log(`worker ${name}: ${identityError} (roots will be refused until the file is there; restart the worker then)`);
+    log(`worker ${name}: ${identityError} (roots will be refused until the file is there)`);
   }
+  /** The model file as it is at this handshake: one replaced, changed or created since it was
+   *  identified (size, modification time or inode differ) is identified again, and the copies kept
+   *  from the last session are dropped; one gone refuses roots. */
+  const recheckIdentity = async (): Promise<void> => {
+    const now = fileStamp(o.modelPath);
+    if (now === stamp) return;
+    stamp = now;
+    copies.clear();
+    try {
+      identity = await fileIdentity(o.modelPath);
+      identityError = null;
+      log(`worker ${name}: ${o.modelPath} changed since it was identified: now ${identity.size} bytes, fast md5 ${identity.fastMd5}`);
+    } catch (e) {
+      identity = null;
+      identityError = (e as Error).message;
+      log(`worker ${name}: ${identityError} (roots will be refused until the file is there)`);
+    }
+  };
 
   if (o.maxMemory !== undefined && identity) checkBudget(o.modelPath, o.maxMemory, name, log);
   let closeStream: (() => Promise<void>) | null = null;
@@ -192,6 +212,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     if (hello.message.type !== MessageType.Hello) throw refuse(conn, ErrorCode.Protocol, `expected Hello, got ${messageTypeName(hello.message.type)}`);
     const h = hello.message;
     if (h.version !== PROTOCOL_VERSION) throw refuse(conn, ErrorCode.Version, `protocol version ${h.version} refused: this worker speaks ${PROTOCOL_VERSION}`);
+    await recheckIdentity();
     if (!identity) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} cannot use its model file: ${identityError}`);
     const md5 = Buffer.from(h.model.sampleMd5).toString("hex");
     let local = identity;
@@ -531,4 +552,16 @@ export function memoryBesidesWeights(c: ModelConfig, s: Slice, nCtx: number, kvT
 export function alignmentOf(w: { layers: { wo: { type: number }; wDown: { type: number } }[] }): number {
   const t = w.layers[0]?.wo.type;
   return t === GGMLType.Q8_0 || t === GGMLType.Q4_0 ? 32 : 1;
+}
+
+/** What tells a changed model file: its size, modification time and inode ("" for an embedded one,
+ *  which cannot change; null when it cannot be read). */
+function fileStamp(path: string): string | null {
+  if (path.startsWith("/$bunfs/")) return "";
+  try {
+    const st = statSync(path);
+    return `${st.size} ${st.mtimeMs} ${st.ino}`;
+  } catch {
+    return null;
+  }
 }

@@ -241,6 +241,11 @@ export class SliceCopies {
     this.kept = this.used;
     this.used = new Map();
   }
+
+  /** The file changed: nothing kept matches it. */
+  clear(): void {
+    this.kept = new Map();
+  }
 }
 
 /** One layer's weights as one node sees them: only its slices (zero-copy views). */
