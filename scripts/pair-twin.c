@@ -75,6 +75,13 @@ static void exchange(int fd, const uint8_t *out, uint8_t *in) {
     g_xn++;
 }
 
+/* x (n_in values) quantized once, then each of the `count` Q4_0 matrices (rows[i] x n_in) times it */
+static void matvecs(dl_ctx *ctx, float *y, uint8_t *xq, const float *x, int64_t n_in, int count, uint8_t *const ws[],
+                    const int64_t rows[]) {
+    dl_quantize_q8_0(xq, x, n_in, ctx);
+    for (int i = 0; i < count; i++) dl_matmul(y, rows[i], ws[i], 0, DL_TYPE_Q4_0, xq, n_in, 0, rows[i], 1, ctx);
+}
+
 static void run(int nodes, int threads, int fd, int cpu, int tokens, int print) {
     if (cpu >= 0) {
         cpu_set_t s;
@@ -100,22 +107,14 @@ static void run(int nodes, int threads, int fd, int cpu, int tokens, int print) 
         if (t == WARM) t0 = now(), g_xt = g_wt = 0, g_xn = 0;
         for (int l = 0; l < LAYERS; l++) {
             const layer *W = &L[l];
-            dl_quantize_q8_0(xq, x, DIM, ctx);
-            dl_matmul(y, DIM, W->wq, 0, DL_TYPE_Q4_0, xq, DIM, 0, DIM / h, 1, ctx);
-            dl_matmul(y, DIM, W->wk, 0, DL_TYPE_Q4_0, xq, DIM, 0, KV / h, 1, ctx);
-            dl_matmul(y, DIM, W->wv, 0, DL_TYPE_Q4_0, xq, DIM, 0, KV / h, 1, ctx);
-            dl_quantize_q8_0(xq, x, DIM / h, ctx);
-            dl_matmul(y, DIM, W->wo, 0, DL_TYPE_Q4_0, xq, DIM / h, 0, DIM, 1, ctx);
+            matvecs(ctx, y, xq, x, DIM, 3, (uint8_t *const[]){W->wq, W->wk, W->wv}, (const int64_t[]){DIM / h, KV / h, KV / h});
+            matvecs(ctx, y, xq, x, DIM / h, 1, (uint8_t *const[]){W->wo}, (const int64_t[]){DIM});
             exchange(fd, mine, theirs);
-            dl_quantize_q8_0(xq, x, DIM, ctx);
-            dl_matmul(y, FFN, W->w1, 0, DL_TYPE_Q4_0, xq, DIM, 0, FFN / h, 1, ctx);
-            dl_matmul(y, FFN, W->w3, 0, DL_TYPE_Q4_0, xq, DIM, 0, FFN / h, 1, ctx);
-            dl_quantize_q8_0(xq, x, FFN / h, ctx);
-            dl_matmul(y, DIM, W->w2, 0, DL_TYPE_Q4_0, xq, FFN / h, 0, DIM, 1, ctx);
+            matvecs(ctx, y, xq, x, DIM, 2, (uint8_t *const[]){W->w1, W->w3}, (const int64_t[]){FFN / h, FFN / h});
+            matvecs(ctx, y, xq, x, FFN / h, 1, (uint8_t *const[]){W->w2}, (const int64_t[]){DIM});
             exchange(fd, mine, theirs);
         }
-        dl_quantize_q8_0(xq, x, DIM, ctx);
-        dl_matmul(y, VOCAB, out_w, 0, DL_TYPE_Q4_0, xq, DIM, 0, VOCAB / h, 1, ctx);
+        matvecs(ctx, y, xq, x, DIM, 1, (uint8_t *const[]){out_w}, (const int64_t[]){VOCAB / h});
         exchange(fd, mine, theirs);
     }
     const double dt = now() - t0;

@@ -104,31 +104,27 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
   const copies = new SliceCopies();
   let identity: FileIdentity | null = null;
   let identityError: string | null = null;
-  let stamp = fileStamp(o.modelPath);
-  try {
-    identity = await fileIdentity(o.modelPath);
-  } catch (e) {
-    identityError = (e as Error).message;
-    log(`worker ${name}: ${identityError} (roots will be refused until the file is there)`);
-  }
-  /** The model file as it is at this handshake: one replaced, changed or created since it was
-   *  identified (size, modification time or inode differ) is identified again, and the copies kept
-   *  from the last session are dropped; one gone refuses roots. */
-  const recheckIdentity = async (): Promise<void> => {
+  let stamp: string | null | undefined; // undefined: not identified yet
+  /** The model file as it is now (at start-up, then at each handshake): one replaced, changed or
+   *  created since it was identified (size, modification time or inode differ) is identified again,
+   *  and the copies kept from the last session are dropped; one gone refuses roots. */
+  const identify = async (): Promise<void> => {
     const now = fileStamp(o.modelPath);
     if (now === stamp) return;
+    const again = stamp !== undefined;
     stamp = now;
     copies.clear();
     try {
       identity = await fileIdentity(o.modelPath);
       identityError = null;
-      log(`worker ${name}: ${o.modelPath} changed since it was identified: now ${identity.size} bytes, fast md5 ${identity.fastMd5}`);
+      if (again) log(`worker ${name}: ${o.modelPath} changed since it was identified: now ${identity.size} bytes, fast md5 ${identity.fastMd5}`);
     } catch (e) {
       identity = null;
       identityError = (e as Error).message;
       log(`worker ${name}: ${identityError} (roots will be refused until the file is there)`);
     }
   };
+  await identify();
 
   if (o.maxMemory !== undefined && identity) checkBudget(o.modelPath, o.maxMemory, name, log);
   let closeStream: (() => Promise<void>) | null = null;
@@ -212,7 +208,7 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
     if (hello.message.type !== MessageType.Hello) throw refuse(conn, ErrorCode.Protocol, `expected Hello, got ${messageTypeName(hello.message.type)}`);
     const h = hello.message;
     if (h.version !== PROTOCOL_VERSION) throw refuse(conn, ErrorCode.Version, `protocol version ${h.version} refused: this worker speaks ${PROTOCOL_VERSION}`);
-    await recheckIdentity();
+    await identify();
     if (!identity) throw refuse(conn, ErrorCode.ModelMismatch, `worker ${name} cannot use its model file: ${identityError}`);
     const md5 = Buffer.from(h.model.sampleMd5).toString("hex");
     let local = identity;
@@ -364,7 +360,8 @@ export async function startWorker(o: WorkerOptions): Promise<RunningWorker> {
       },
     },
   });
-  log(`worker ${name}: listening on ${o.host}:${server.port}, model ${o.modelPath}${identity ? ` (${identity.size} bytes, fast md5 ${identity.fastMd5})` : ""}`);
+  const id = identity as FileIdentity | null; // set by identify(), which TypeScript's narrowing does not follow
+  log(`worker ${name}: listening on ${o.host}:${server.port}, model ${o.modelPath}${id ? ` (${id.size} bytes, fast md5 ${id.fastMd5})` : ""}`);
   if (!o.secret) log(`worker ${name}: WARNING: no cluster secret (--secret or DAIRLLM_SECRET): anyone who can reach ${o.host}:${server.port} can use this worker`);
   return { port: server.port, stop: () => server.stop(true) };
 }

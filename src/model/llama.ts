@@ -190,13 +190,12 @@ function columns(m: Matrix, start: number, end: number): ColumnSlice {
 function contiguous(m: ColumnSlice, k: Kernels, kept: SliceCopies | null): ColumnSlice {
   const seg = typeBytes(m.type, m.nIn);
   if (m.ldw === seg) return m;
-  const key = `${m.name} ${m.data.byteOffset} ${seg}x${m.nOut}/${m.ldw}`;
-  let data = kept?.take(key);
-  if (!data) {
-    data = new Uint8Array(seg * m.nOut);
+  const copy = () => {
+    const data = new Uint8Array(seg * m.nOut);
     k.copyRows(data, m.data, m.nOut, seg, m.ldw);
-  }
-  kept?.keep(key, data);
+    return data;
+  };
+  const data = kept ? kept.get(`${m.name} ${m.data.byteOffset} ${seg}x${m.nOut}/${m.ldw}`, copy) : copy();
   return { ...m, data, ldw: seg };
 }
 
@@ -223,17 +222,18 @@ export class SliceCopies {
     this.reused = this.reusedBytes = this.made = 0;
   }
 
-  take(key: string): Uint8Array | undefined {
-    const d = this.kept.get(key);
+  /** The copy kept under `key`, else a new one from `make`; either way kept for the next model. */
+  get(key: string, make: () => Uint8Array): Uint8Array {
+    let d = this.kept.get(key);
     if (d) {
       this.reused++;
       this.reusedBytes += d.byteLength;
-    } else this.made++;
+    } else {
+      d = make();
+      this.made++;
+    }
+    this.used.set(key, d);
     return d;
-  }
-
-  keep(key: string, data: Uint8Array): void {
-    this.used.set(key, data);
   }
 
   /** After the model is built: only what it uses is kept for the next one. */
